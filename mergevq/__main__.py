@@ -1,0 +1,3 @@
+from mergevq.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,70 @@
+"""Packaging for mergevq (the method) and taming (the VQGAN-lineage data, losses, discriminator)."""
+
+import os
+
+from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PTH = "mergevq-torchvision-compat.pth"
+
+
+class BuildPyWithPth(build_py):
+    """Also place the .pth hook at the root of the wheel so it lands in site-packages."""
+
+    def run(self):
+        super().run()
+        self.copy_file(os.path.join(HERE, PTH), os.path.join(self.build_lib, PTH))
+
+    def get_outputs(self, include_bytecode=1):
+        return super().get_outputs(include_bytecode) + [os.path.join(self.build_lib, PTH)]
+
+
+def read_version():
+    with open(os.path.join(HERE, "mergevq", "version.py")) as f:
+        scope = {}
+        exec(f.read(), scope)
+        return scope["__version__"]
+
+
+setup(
+    name="mergevq",
+    version=read_version(),
+    description="MergeVQ tokenizer and MergeAR generator: token merging + lookup-free quantization",
+    long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["mergevq", "mergevq.*", "taming", "taming.*"]),
+    py_modules=["_torchvision_compat"],
+    include_package_data=True,
+    package_data={"mergevq": ["py.typed"]},
+    # Ranges, not pins: requirements.txt holds the tested pins. torch>=2.1 keeps an installed build.
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "lightning>=2.2",
+        "omegaconf>=2.3",
+        "timm>=0.9.11",
+        "transformers>=4.40",
+        "einops>=0.7",
+        "torch-fidelity>=0.3",
+        "numpy>=1.24",
+        "pillow>=10.0",
+        "lpips>=0.1.4",
+        "torchmetrics>=1.0",
+        "scipy>=1.10",
+        "safetensors>=0.4",
+        "tensorboard>=2.14",
+        "scikit-image>=0.22",
+        "scikit-learn>=1.3",
+    ],
+    extras_require={"test": ["pytest>=7.4", "pytest-timeout>=2.2"], "npu": []},
+    entry_points={"console_scripts": ["mergevq=mergevq.cli:main"]},
+    cmdclass={"build_py": BuildPyWithPth},
+    classifiers=[
+        "License :: OSI Approved :: Apache Software License",
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

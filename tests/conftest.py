@@ -1,0 +1,35 @@
+"""Shared test setup: offline, deterministic, hardware markers skip without hardware."""
+
+import os
+
+# Any accidental hub access must fail in seconds, not hang (ENVIRONMENT.md).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+def _npu_available() -> bool:
+    try:
+        import torch_npu  # noqa: F401
+    except ImportError:
+        return False
+    return bool(torch.npu.is_available())
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    skip_npu = pytest.mark.skip(reason="needs an Ascend NPU with torch_npu")
+    has_gpu = torch.cuda.is_available()
+    has_npu = _npu_available()
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(skip_gpu)
+        if "npu" in item.keywords and not has_npu:
+            item.add_marker(skip_npu)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
