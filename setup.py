@@ -9,12 +9,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PTH = "mergevq-torchvision-compat.pth"
 
 
-class BuildPyWithPth(build_py):
-    """Also place the .pth hook at the root of the wheel so it lands in site-packages."""
+class BuildPyWithExtras(build_py):
+    """Also place the .pth hook at the root of the wheel (so it lands in site-packages) and ship
+    ``configs/`` inside the package (``mergevq/configs``) so an installed CLI finds its YAMLs."""
 
     def run(self):
         super().run()
         self.copy_file(os.path.join(HERE, PTH), os.path.join(self.build_lib, PTH))
+        self.copy_tree(os.path.join(HERE, "configs"), os.path.join(self.build_lib, "mergevq", "configs"))
 
     def get_outputs(self, include_bytecode=1):
         return super().get_outputs(include_bytecode) + [os.path.join(self.build_lib, PTH)]
@@ -61,7 +63,7 @@ setup(
     ],
     extras_require={"test": ["pytest>=7.4", "pytest-timeout>=2.2"], "npu": []},
     entry_points={"console_scripts": ["mergevq=mergevq.cli:main"]},
-    cmdclass={"build_py": BuildPyWithPth},
+    cmdclass={"build_py": BuildPyWithExtras},
     classifiers=[
         "License :: OSI Approved :: Apache Software License",
         "Programming Language :: Python :: 3",

@@ -1,0 +1,63 @@
+"""The ``mergevq`` command: one entry point, one subcommand per task (DESIGN §8).
+
+This package is the only place that reads argv or YAML. Each subcommand lives in its own module with
+``add_parser(subparsers)`` and ``run(args) -> int``. User errors (``MergeVQError``, ``DataError``)
+are printed as one line without a traceback; set ``MERGEVQ_DEBUG=1`` to see the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from mergevq.cli import demo, pending, prepare_weights
+from mergevq.errors import MergeVQError
+from mergevq.version import __version__
+
+# Order of DESIGN §8; pending commands print which issue brings them.
+_COMMANDS = (
+    pending.command("train", "train the tokenizer (Stage 1) or MergeAR (Stage 2) from YAML configs", 4),
+    pending.command("export", "write a from_pretrained-loadable tokenizer (EMA weights) from a run", 4),
+    pending.command("evaluate-tokenizer", "rFID / PSNR / SSIM / LPIPS / codebook usage over a K sweep", 5),
+    pending.command("reconstruct", "write original / reconstruction pairs and merge-group pictures", 5),
+    pending.command("extract-codes", "run a tokenizer over a dataset and store Stage 2 token sequences", 6),
+    pending.command("sample", "class-conditional MergeAR sampling to PNGs and an ADM-layout npz", 6),
+    pending.command("evaluate-generation", "FID / IS / KID / precision-recall of samples vs a reference", 6),
+    pending.command("linear-probe", "linear probe of the frozen encoder's [CLS] or pooled features", 5),
+    prepare_weights,
+    demo,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mergevq",
+        description="MergeVQ tokenizer and MergeAR generator: training, evaluation, sampling.",
+    )
+    parser.add_argument("--version", action="version", version=f"mergevq {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in _COMMANDS:
+        command.add_parser(subparsers)
+    return parser
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from taming.data.errors import DataError
+
+    return (MergeVQError, DataError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except _user_error_types() as err:
+        if os.environ.get("MERGEVQ_DEBUG"):
+            raise
+        print(f"mergevq {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mergevq {args.command}: interrupted", file=sys.stderr)
+        return 130
