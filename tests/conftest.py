@@ -24,9 +24,9 @@ def pytest_collection_modifyitems(config, items):
     has_gpu = torch.cuda.is_available()
     has_npu = _npu_available()
     for item in items:
-        if "gpu" in item.keywords and not has_gpu:
+        if item.get_closest_marker("gpu") and not has_gpu:
             item.add_marker(skip_gpu)
-        if "npu" in item.keywords and not has_npu:
+        if item.get_closest_marker("npu") and not has_npu:
             item.add_marker(skip_npu)
 
 
