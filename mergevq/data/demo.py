@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+
 from mergevq.paths import cache_root
 
 __all__ = [
