@@ -1,0 +1,133 @@
+"""``ImagePaths``: the dataset core shared by ImageNet and image folders, and the skipping collate.
+
+Unreadable files are *skipped and counted*, never fatal: ``__getitem__`` returns a ``Skipped``
+marker (falsy, like ``None``) instead of raising, ``collate_skip_none`` drops such samples and puts
+``num_skipped`` / ``skipped_paths`` into the batch, and the consumer (a Lightning callback,
+``mergevq.data.skips.SkippedImagesReport``) sums them over the epoch. The count travels inside the
+batch, so it is correct with any number of DataLoader workers and needs no global state.
+
+A dataset that cannot yield a single image is a user error, caught at construction
+(``DataError``), not after hours of silently skipping.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, default_collate
+
+from taming.data.errors import DataError
+from taming.data.image_io import load_rgb
+
+__all__ = ["ImagePaths", "Skipped", "collate_skip_none", "read_filelist", "UNLABELLED"]
+
+UNLABELLED = -1
+"""``class_label`` of an image without a class (unlabelled folders)."""
+
+Transform = Callable[[Image.Image], "torch.Tensor | dict[str, torch.Tensor]"]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """Returned by ``ImagePaths.__getitem__`` for an unreadable file.
+
+    It carries the path so the end-of-epoch report can name an example, and it is falsy so code
+    written for the ``None`` convention (``if not sample``) treats it the same way.
+    """
+
+    path: str
+    index: int
+
+    def __bool__(self) -> bool:
+        return False
+
+
+class ImagePaths(Dataset):
+    """Images given by a list of paths, with optional integer labels and a transform.
+
+    A sample is a dict: the transform's output (``image``, plus ``teacher_image`` and
+    ``student_image`` for ``MultiView``), ``class_label`` (int64 scalar tensor, ``UNLABELLED`` = -1
+    when there are no labels), ``path`` (str; a list of str in a batch) and ``index`` (int).
+    """
+
+    def __init__(
+        self,
+        *,
+        paths: Sequence[str],
+        transform: Transform,
+        labels: Sequence[int] | None = None,
+        root: str | None = None,
+        check_readable: bool = True,
+    ) -> None:
+        where = root if root is not None else "the given path list"
+        if len(paths) == 0:
+            raise DataError(f"no image files in {where}")
+        if labels is not None and len(labels) != len(paths):
+            raise DataError(
+                f"{where}: {len(labels)} labels for {len(paths)} images; "
+                "expected one label per image"
+            )
+        self.paths = list(paths)
+        self.labels = None if labels is None else [int(label) for label in labels]
+        self.transform = transform
+        self.root = root
+        if check_readable:
+            self._require_one_readable(where)
+
+    def _require_one_readable(self, where: str) -> None:
+        """Probe files in order until one decodes: O(1) for a healthy dataset."""
+        for tried, path in enumerate(self.paths, start=1):
+            if load_rgb(path) is not None:
+                return
+        raise DataError(f"no readable image in {where} ({tried} files tried)")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | Skipped:
+        path = self.paths[index]
+        img = load_rgb(path)
+        if img is None:
+            return Skipped(path=path, index=int(index))
+        out = self.transform(img)
+        sample: dict[str, Any] = dict(out) if isinstance(out, dict) else {"image": out}
+        label = UNLABELLED if self.labels is None else self.labels[index]
+        sample["class_label"] = torch.tensor(label, dtype=torch.int64)
+        sample["path"] = path
+        sample["index"] = int(index)
+        return sample
+
+
+def collate_skip_none(batch: Sequence[dict[str, Any] | Skipped | None]) -> dict[str, Any]:
+    """Collate the readable samples; count the rest.
+
+    Adds ``num_skipped`` (int) and ``skipped_paths`` (list of str; ``None`` samples contribute a
+    count but no path). If *every* sample was skipped the batch is only
+    ``{"num_skipped": n, "skipped_paths": [...]}`` — consumers must handle a batch without
+    ``image`` (e.g. return ``None`` from ``training_step``).
+    """
+    kept = [s for s in batch if s is not None and not isinstance(s, Skipped)]
+    skipped_paths = [s.path for s in batch if isinstance(s, Skipped)]
+    num_skipped = len(batch) - len(kept)
+    out: dict[str, Any] = default_collate(kept) if kept else {}
+    out["num_skipped"] = num_skipped
+    out["skipped_paths"] = skipped_paths
+    return out
+
+
+def read_filelist(path: str) -> list[str]:
+    """Lines of a file list: one path per line, blank lines and ``#`` comments ignored."""
+    if not os.path.isfile(path):
+        raise DataError(f"file list not found: {path} (expected a text file, one path per line)")
+    entries = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                entries.append(line)
+    return entries
