@@ -1,0 +1,781 @@
+"""Config loading, composition, overrides and object instantiation (DESIGN §8).
+
+Conventions
+-----------
+* Configs are OmegaConf YAML files. Every object is a node ``{target: dotted.path, params: {...}}``
+  (``params`` optional); no other keys are allowed in such a node.
+* A file may start with ``defaults: [a.yaml, sub/b.yaml]``. Each entry is looked up relative to
+  the including file's directory first, then relative to the configs root (the nearest ancestor
+  directory named ``configs``); a missing ``.yaml`` suffix is added. Defaults are merged first
+  (depth-first, in list order), then the file's own content on top; the ``defaults`` key is
+  dropped from the result. Including a file twice (a diamond) is fine; a cycle is an error.
+* Several files given to :func:`load` are merged in order; command-line overrides come last.
+  ``key.path=value`` sets an existing key (a typo is an error with suggestions);
+  ``+key.path=value`` may add a new key. Values are parsed as YAML (``=3``, ``=[1,2]``, ``=null``,
+  ``=1e-4`` is a float); ``key=`` sets the empty string.
+* :func:`instantiate` imports ``target``, builds nested nodes inside ``params`` depth-first
+  (lists element-wise; other mappings become plain dicts, so constructors only ever see plain
+  Python values) and checks every key of the whole tree against the constructor signatures
+  *before* anything is built. A mapping with a ``target`` key is always an object node.
+* The resolved config is written to ``<run_dir>/config.yaml`` with :func:`save` (atomically).
+
+Provenance (which file set which key) is returned, never stashed in global state:
+:func:`load_with_origins` returns a :class:`LoadedConfig` holding the config, the files read in
+merge order and ``origins``: a map from each leaf key path (``"data.params.train.params.root"``)
+to the file that set it last, or ``"command line"``. Pass ``origins`` to :func:`instantiate`, or use
+:meth:`LoadedConfig.instantiate`, so errors name the file at fault::
+
+    loaded = load_with_origins(["configs/demo/tokenizer.yaml"], overrides=["trainer.max_steps=10"])
+    model = loaded.instantiate("model")          # errors name e.g. configs/tokenizer/base.yaml
+    save(loaded.cfg, run_dir)
+
+:func:`load` is the same without provenance. Every user error raises :class:`ConfigError` with a
+one-line message naming the file, the key path and what is expected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import importlib
+import inspect
+import os
+import pkgutil
+import re
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mergevq.errors import ConfigError
+
+__all__ = [
+    "COMMAND_LINE",
+    "CONFIG_FILENAME",
+    "LoadedConfig",
+    "from_yaml",
+    "instantiate",
+    "load",
+    "load_with_origins",
+    "save",
+    "to_yaml",
+    "validate",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+COMMAND_LINE = "command line"
+"""Origin recorded for keys set by overrides."""
+
+CONFIG_FILENAME = "config.yaml"
+"""Name of the resolved config written into a run directory by :func:`save`."""
+
+_NODE_KEYS = ("target", "params")
+_UNKNOWN_ORIGIN = "<config>"
+_CONFIGS_DIRNAME = "configs"
+
+
+# --------------------------------------------------------------------------------------------------
+# small helpers
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _error(message: str) -> ConfigError:
+    return ConfigError(_one_line(message))
+
+
+def _display(path: Path) -> str:
+    """A path as shown in messages: relative to the working directory when below it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _join(prefix: str, key: object) -> str:
+    return f"{prefix}.{key}" if prefix else str(key)
+
+
+def _closest(word: str, choices: Iterable[str], n: int = 3) -> list[str]:
+    return difflib.get_close_matches(word, list(choices), n=n, cutoff=0.6)
+
+
+def _ordered_choices(word: str, choices: Sequence[str]) -> list[str]:
+    """All choices, the closest to ``word`` first, the others in their original order."""
+    close = _closest(word, choices)
+    return close + [c for c in choices if c not in close]
+
+
+# --------------------------------------------------------------------------------------------------
+# YAML reading
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML loader with OmegaConf-like scalars: ``1e-4`` is a float, dates stay strings, and a
+    duplicate key is an error rather than silently keeping the last value."""
+
+    def construct_mapping(  # type: ignore[override]
+        self, node: yaml.MappingNode, deep: bool = False
+    ) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_FLOAT_RE = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
+_Loader.add_constructor(
+    "tag:yaml.org,2002:timestamp", lambda loader, node: loader.construct_scalar(node)
+)
+
+
+def _parse_yaml(text: str, *, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader derives from SafeLoader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        context = getattr(exc, "context", None)
+        detail = f"{context}, {problem}" if context else problem
+        raise _error(f"{where}: invalid YAML: {detail}") from None
+
+
+def _read_file(path: Path) -> dict:
+    shown = _display(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _error(f"{shown}: cannot read config file: {exc}") from None
+    data = _parse_yaml(text, source=shown)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise _error(
+            f"{shown}: the top level of a config file must be a mapping of keys, "
+            f"got {type(data).__name__}"
+        )
+    return data
+
+
+def _create(data: Any, *, source: str) -> Any:
+    try:
+        return OmegaConf.create(data)
+    except OmegaConfBaseException as exc:
+        raise _error(f"{source}: not a valid config: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# provenance
+
+
+def _drop_subtree(origins: dict[str, str], path: str) -> None:
+    prefix = path + "."
+    for key in [k for k in origins if k == path or k.startswith(prefix)]:
+        del origins[key]
+
+
+def _record(origins: dict[str, str], data: Mapping, source: str, prefix: str = "") -> None:
+    """Record ``source`` as the origin of every leaf of ``data`` (merged on top of what came before,
+    with OmegaConf merge semantics: mappings merge, everything else replaces)."""
+    for key, value in data.items():
+        path = _join(prefix, key)
+        if isinstance(value, Mapping) and value:
+            origins.pop(path, None)
+            _record(origins, value, source, path)
+        elif isinstance(value, Mapping):
+            # An empty mapping merged onto an existing mapping changes nothing.
+            if not any(k == path or k.startswith(path + ".") for k in origins):
+                origins[path] = source
+        else:
+            _drop_subtree(origins, path)
+            origins[path] = source
+
+
+def _origin(origins: Mapping[str, str] | None, path: str) -> str:
+    """The file that set ``path`` (or the nearest key around it)."""
+    if not origins:
+        return _UNKNOWN_ORIGIN
+    if path in origins:
+        return origins[path]
+    prefix = path + "."
+    for key, source in origins.items():
+        if key.startswith(prefix):
+            return source
+    while "." in path:
+        path = path.rsplit(".", 1)[0]
+        if path in origins:
+            return origins[path]
+    return _UNKNOWN_ORIGIN
+
+
+# --------------------------------------------------------------------------------------------------
+# composition
+
+
+def _configs_root(path: Path) -> Path | None:
+    for parent in path.parents:
+        if parent.name == _CONFIGS_DIRNAME:
+            return parent
+    return None
+
+
+def _resolve_default(entry: str, including: Path) -> Path:
+    relative = Path(entry)
+    bases = [including.parent]
+    root = _configs_root(including)
+    if root is not None and root != including.parent:
+        bases.append(root)
+    names = (
+        [relative] if relative.suffix else [relative, relative.with_name(relative.name + ".yaml")]
+    )
+    tried: list[Path] = []
+    for base in bases if not relative.is_absolute() else [Path("/")]:
+        for name in names:
+            candidate = (base / name).resolve()
+            tried.append(candidate)
+            if candidate.is_file():
+                return candidate
+    looked = ", ".join(_display(p) for p in tried)
+    raise _error(
+        f"{_display(including)}: key 'defaults': config file '{entry}' not found "
+        f"(looked in: {looked})"
+    )
+
+
+def _defaults_list(value: Any, path: Path) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise _error(
+            f"{_display(path)}: key 'defaults' must be a list of config file names "
+            f"(e.g. defaults: [base.yaml, data/imagenet.yaml]), got {value!r}"
+        )
+    return value
+
+
+def _compose(
+    path: Path, *, chain: tuple[Path, ...], files: list[str], origins: dict[str, str]
+) -> DictConfig:
+    if path in chain:
+        cycle = " -> ".join(_display(p) for p in (*chain[chain.index(path) :], path))
+        raise _error(f"{_display(path)}: key 'defaults': cycle in config defaults: {cycle}")
+    data = _read_file(path)
+    defaults = _defaults_list(data.pop("defaults", None), path)
+    result = OmegaConf.create({})
+    for entry in defaults:
+        child = _resolve_default(entry, path)
+        composed = _compose(child, chain=(*chain, path), files=files, origins=origins)
+        result = _merge(result, composed, source=_display(child))
+    shown = _display(path)
+    files.append(shown)
+    _record(origins, data, shown)
+    return _merge(result, _create(data, source=shown), source=shown)
+
+
+def _merge(base: DictConfig, top: DictConfig, *, source: str) -> DictConfig:
+    try:
+        merged = OmegaConf.merge(base, top)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "?"
+        raise _error(
+            f"{source}: key '{key}' cannot be merged onto the earlier configs: {exc}"
+        ) from None
+    assert isinstance(merged, DictConfig)
+    return merged
+
+
+# --------------------------------------------------------------------------------------------------
+# overrides
+
+
+def _all_paths(data: Any, prefix: str = "") -> list[str]:
+    paths: list[str] = []
+    if isinstance(data, Mapping):
+        for key, value in data.items():
+            path = _join(prefix, key)
+            paths.append(path)
+            paths.extend(_all_paths(value, path))
+    return paths
+
+
+def _lookup(data: Any, parts: Sequence[str]) -> tuple[bool, int]:
+    """Whether ``parts`` exists in the plain container ``data``; also how many parts matched."""
+    node = data
+    for depth, part in enumerate(parts):
+        if isinstance(node, Mapping):
+            if part in node:
+                node = node[part]
+                continue
+            with contextlib.suppress(ValueError):
+                if int(part) in node:
+                    node = node[int(part)]
+                    continue
+            return False, depth
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+            continue
+        return False, depth
+    return True, len(parts)
+
+
+def _parse_override(text: str) -> tuple[str, bool, Any]:
+    if "=" not in text:
+        raise _error(
+            f"override '{text}' is malformed: expected key.path=value "
+            "(or +key.path=value to add a key)"
+        )
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    add = key.startswith("+")
+    if add:
+        key = key[1:]
+    if not key or any(not part.strip() or part != part.strip() for part in key.split(".")):
+        raise _error(
+            f"override '{text}' is malformed: expected key.path=value with a dotted key path"
+        )
+    value = "" if raw == "" else _parse_yaml(raw, source=f"override '{text}'")
+    return key, add, value
+
+
+def _apply_override(
+    cfg: DictConfig, text: str, *, files: Sequence[str], origins: dict[str, str]
+) -> None:
+    key, add, value = _parse_override(text)
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    parts = key.split(".")
+    exists, depth = _lookup(plain, parts)
+    if not exists and add and depth > 0:
+        parent = ".".join(parts[:depth])
+        node = OmegaConf.select(cfg, parent, throw_on_missing=False)
+        if not isinstance(node, DictConfig):  # OmegaConf would silently replace it by a mapping
+            kind = "a list" if isinstance(node, ListConfig) else "a value"
+            raise _error(
+                f"override '{text}': cannot add key '{key}': '{parent}' (set in "
+                f"{_origin(origins, parent)}) is {kind}, not a mapping"
+            )
+    if not exists and not add:
+        paths = _all_paths(plain)
+        suggestions = _closest(key, paths, n=5)
+        if not suggestions:  # nothing similar: list the keys that do exist where the path stopped
+            parent = ".".join(parts[:depth])
+            suggestions = [
+                p
+                for p in paths
+                if p.count(".") == depth and p.startswith(f"{parent}." if parent else "")
+            ]
+        hint = (
+            f"closest valid keys: {', '.join(suggestions[:8])}"
+            if suggestions
+            else "no keys exist at that level"
+        )
+        raise _error(
+            f"override '{text}': key '{key}' does not exist in the config loaded from "
+            f"{', '.join(files)}; {hint}; write '+{key}=...' to add a new key"
+        )
+    try:
+        OmegaConf.update(cfg, key, value, merge=False, force_add=True)
+    except OmegaConfBaseException as exc:
+        raise _error(f"override '{text}': cannot set key '{key}': {exc}") from None
+    _drop_subtree(origins, key)
+    if isinstance(value, Mapping) and value:
+        _record(origins, value, COMMAND_LINE, key)
+    else:
+        origins[key] = COMMAND_LINE
+
+
+# --------------------------------------------------------------------------------------------------
+# public: loading
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A composed config with its provenance.
+
+    ``files``: the files read, in merge order. ``origins``: leaf key path -> the file that set it
+    last (or :data:`COMMAND_LINE`).
+    """
+
+    cfg: DictConfig
+    files: tuple[str, ...]
+    origins: Mapping[str, str] = field(default_factory=dict)
+
+    def origin(self, key: str) -> str:
+        """The file that set ``key`` (or the nearest enclosing key)."""
+        return _origin(self.origins, key)
+
+    def select(self, key: str) -> Any:
+        """The node at dotted ``key``; a missing key is a :class:`ConfigError` with suggestions."""
+        plain = OmegaConf.to_container(self.cfg, resolve=False)
+        exists, _ = _lookup(plain, key.split("."))
+        if not exists:
+            close = _closest(key, _all_paths(plain))
+            hint = f"; closest valid keys: {', '.join(close)}" if close else ""
+            raise _error(
+                f"key '{key}' is not in the config loaded from {', '.join(self.files)}{hint}"
+            )
+        try:
+            return OmegaConf.select(self.cfg, key, throw_on_missing=True)
+        except OmegaConfBaseException as exc:
+            raise _error(f"{self.origin(key)}: key '{key}' cannot be resolved: {exc}") from None
+
+    def validate(self, key: str) -> None:
+        """Check the node at ``key`` (targets import, keys match signatures); build nothing."""
+        validate(self.select(key), key=key, origins=self.origins)
+
+    def instantiate(self, key: str, *, extra: Mapping[str, Any] | None = None) -> Any:
+        """Build the object node at ``key``; see :func:`instantiate`."""
+        return instantiate(self.select(key), key=key, origins=self.origins, extra=extra)
+
+
+def load_with_origins(
+    paths: PathLike | Sequence[PathLike], overrides: Sequence[str] = ()
+) -> LoadedConfig:
+    """Compose ``paths`` (merged in order, each with its ``defaults``), apply ``overrides`` last,
+    and return the config with the files read and each leaf key's origin."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    if not paths:
+        raise _error("no config file given: pass at least one YAML file")
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    files: list[str] = []
+    origins: dict[str, str] = {}
+    cfg = OmegaConf.create({})
+    for given in paths:
+        path = Path(given).expanduser()
+        if not path.is_file():
+            raise _error(f"config file not found: {given}")
+        path = path.resolve()
+        cfg = _merge(
+            cfg, _compose(path, chain=(), files=files, origins=origins), source=_display(path)
+        )
+    for text in overrides:
+        _apply_override(cfg, text, files=files, origins=origins)
+    return LoadedConfig(cfg=cfg, files=tuple(dict.fromkeys(files)), origins=origins)
+
+
+def load(paths: PathLike | Sequence[PathLike], overrides: Sequence[str] = ()) -> DictConfig:
+    """Like :func:`load_with_origins` but returns only the config."""
+    return load_with_origins(paths, overrides).cfg
+
+
+def from_yaml(text: str, *, source: str = "<string>") -> DictConfig:
+    """Parse a saved (already composed) config, e.g. one embedded in a checkpoint."""
+    data = _parse_yaml(text, source=source)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise _error(
+            f"{source}: the top level of a config must be a mapping, got {type(data).__name__}"
+        )
+    return _create(data, source=source)
+
+
+def to_yaml(cfg: DictConfig | Mapping[str, Any]) -> str:
+    """The config as YAML with every interpolation resolved."""
+    try:
+        return OmegaConf.to_yaml(cfg, resolve=True)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "?"
+        raise _error(f"key '{key}' cannot be resolved: {exc}") from None
+
+
+def save(cfg: DictConfig | Mapping[str, Any], run_dir: PathLike) -> Path:
+    """Write the resolved config to ``run_dir/config.yaml`` atomically; creates ``run_dir``."""
+    text = to_yaml(cfg)
+    directory = Path(run_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    destination = directory / CONFIG_FILENAME
+    fd, temporary = tempfile.mkstemp(prefix=f".{CONFIG_FILENAME}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, destination)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    return destination
+
+
+# --------------------------------------------------------------------------------------------------
+# public: instantiation
+
+
+def _child(
+    node: DictConfig | ListConfig, key: Any, path: str, origins: Mapping[str, str] | None
+) -> Any:
+    """``node[key]`` with interpolations resolved; unresolvable or mandatory (``???``) values are a
+    ConfigError naming the key and its file."""
+    try:
+        return node[key]
+    except OmegaConfBaseException as exc:
+        where = _origin(origins, path)
+        if type(exc).__name__ == "MissingMandatoryValue":
+            raise _error(
+                f"{where}: key '{path}' is mandatory ('???'); set it, e.g. {path}=VALUE"
+            ) from None
+        raise _error(f"{where}: key '{path}' cannot be resolved: {exc}") from None
+
+
+def _as_node(node: Any, path: str) -> Any:
+    if isinstance(node, (DictConfig, ListConfig)):
+        return node
+    if isinstance(node, (Mapping, list, tuple)):
+        return _create(node if not isinstance(node, tuple) else list(node), source=path or "<node>")
+    return node
+
+
+def _import_target(target: Any, path: str, origins: Mapping[str, str] | None) -> Any:
+    key = _join(path, "target")
+    where = _origin(origins, key)
+    parts = target.split(".") if isinstance(target, str) else []
+    if not parts or any(not p.isidentifier() for p in parts):
+        raise _error(
+            f"{where}: key '{key}' must be a dotted import path like package.module.Class, "
+            f"got {target!r}"
+        )
+    module = None
+    imported = 0
+    for count in range(len(parts), 0, -1):
+        name = ".".join(parts[:count])
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and (name == exc.name or name.startswith(exc.name + ".")):
+                continue
+            raise
+        imported = count
+        break
+    if module is None:
+        raise _error(
+            f"{where}: key '{key}': cannot import target '{target}': no module named '{parts[0]}'"
+        )
+    obj: Any = module
+    for index in range(imported, len(parts)):
+        attr = parts[index]
+        if not hasattr(obj, attr):
+            names = [n for n in dir(obj) if not n.startswith("_")]
+            if hasattr(obj, "__path__"):
+                names += [m.name for m in pkgutil.iter_modules(obj.__path__)]
+            close = _closest(attr, sorted(set(names)))
+            hint = (
+                f"; did you mean: {', '.join('.'.join([*parts[:index], c]) for c in close)}"
+                if close
+                else ""
+            )
+            owner = ".".join(parts[:index])
+            raise _error(
+                f"{where}: key '{key}': cannot import target '{target}': "
+                f"'{owner}' has no attribute '{attr}'{hint}"
+            )
+        obj = getattr(obj, attr)
+    if not callable(obj):
+        raise _error(f"{where}: key '{key}': target '{target}' is not a class or function")
+    return obj
+
+
+def _signature(obj: Any) -> inspect.Signature | None:
+    try:
+        return inspect.signature(obj)
+    except (TypeError, ValueError):
+        return None
+
+
+def _check_keys(
+    fn: Any,
+    target: str,
+    names: Sequence[str],
+    supplied: Iterable[str],
+    path: str,
+    origins: Mapping[str, str] | None,
+) -> None:
+    signature = _signature(fn)
+    if signature is None:
+        return
+    parameters = signature.parameters.values()
+    valid = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+        for name in names:
+            if name not in valid:
+                key = _join(path, f"params.{name}")
+                close = _closest(name, valid, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                choices = ", ".join(_ordered_choices(name, valid)) or "none (takes no arguments)"
+                raise _error(
+                    f"{_origin(origins, key)}: unknown key '{key}' for {target}{hint}; "
+                    f"valid keys: {choices}"
+                )
+    given = set(supplied)
+    for p in parameters:
+        if p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        where = _origin(origins, _join(path, "target"))
+        if p.kind is p.POSITIONAL_ONLY:
+            raise _error(
+                f"{where}: key '{_join(path, 'target')}': {target} has a required positional-only "
+                f"argument '{p.name}' that a config cannot set"
+            )
+        if p.name not in given:
+            raise _error(
+                f"{where}: key '{path or '<root>'}' ({target}) is missing required argument "
+                f"'{p.name}'; set {_join(path, 'params.' + p.name)}"
+            )
+
+
+def _node_parts(
+    node: Any, path: str, origins: Mapping[str, str] | None
+) -> tuple[str, DictConfig | None]:
+    """Check the shape of an object node; return its target string and params (or None)."""
+    shown = path or "<root>"
+    if not isinstance(node, DictConfig) or "target" not in node.keys():
+        got = "a mapping without 'target'" if isinstance(node, DictConfig) else type(node).__name__
+        raise _error(
+            f"{_origin(origins, path)}: key '{shown}' must be an object node "
+            f"{{target: dotted.path, params: {{...}}}}, got {got}"
+        )
+    extra_keys = [str(k) for k in node.keys() if k not in _NODE_KEYS]
+    if extra_keys:
+        key = _join(path, extra_keys[0])
+        raise _error(
+            f"{_origin(origins, key)}: key '{key}' is not allowed in an object node; "
+            f"valid keys: {', '.join(_NODE_KEYS)} (constructor arguments go under params)"
+        )
+    target = _child(node, "target", _join(path, "target"), origins)
+    params = (
+        _child(node, "params", _join(path, "params"), origins) if "params" in node.keys() else None
+    )
+    if params is not None and not isinstance(params, DictConfig):
+        key = _join(path, "params")
+        raise _error(
+            f"{_origin(origins, key)}: key '{key}' must be a mapping of constructor arguments, "
+            f"got {type(params).__name__}"
+        )
+    return target, params
+
+
+def _validate_node(
+    node: Any, path: str, origins: Mapping[str, str] | None, extra: Iterable[str] = ()
+) -> None:
+    target, params = _node_parts(node, path, origins)
+    fn = _import_target(target, path, origins)
+    names = [str(k) for k in params.keys()] if params is not None else []
+    for name in extra:
+        if name in names:
+            key = _join(path, f"params.{name}")
+            raise _error(
+                f"{_origin(origins, key)}: key '{key}' is supplied by the program "
+                f"and must not be set in the config"
+            )
+    _check_keys(fn, target, names, [*names, *extra], path, origins)
+    if params is not None:
+        for key in params.keys():
+            child_path = _join(path, f"params.{key}")
+            _validate_value(_child(params, key, child_path, origins), child_path, origins)
+
+
+def _validate_value(value: Any, path: str, origins: Mapping[str, str] | None) -> None:
+    if isinstance(value, DictConfig):
+        if "target" in value.keys():
+            _validate_node(value, path, origins)
+        else:
+            for key in value.keys():
+                child_path = _join(path, key)
+                _validate_value(_child(value, key, child_path, origins), child_path, origins)
+    elif isinstance(value, ListConfig):
+        for index in range(len(value)):
+            child_path = _join(path, index)
+            _validate_value(_child(value, index, child_path, origins), child_path, origins)
+
+
+def _build_node(
+    node: DictConfig, path: str, origins: Mapping[str, str] | None, extra: Mapping[str, Any]
+) -> Any:
+    target, params = _node_parts(node, path, origins)
+    fn = _import_target(target, path, origins)
+    kwargs: dict[str, Any] = {}
+    if params is not None:
+        for key in params.keys():
+            child_path = _join(path, f"params.{key}")
+            kwargs[str(key)] = _build_value(
+                _child(params, key, child_path, origins), child_path, origins
+            )
+    kwargs.update(extra)
+    return fn(**kwargs)
+
+
+def _build_value(value: Any, path: str, origins: Mapping[str, str] | None) -> Any:
+    if isinstance(value, DictConfig):
+        if "target" in value.keys():
+            return _build_node(value, path, origins, {})
+        return {
+            key: _build_value(
+                _child(value, key, _join(path, key), origins), _join(path, key), origins
+            )
+            for key in value.keys()
+        }
+    if isinstance(value, ListConfig):
+        return [
+            _build_value(_child(value, i, _join(path, i), origins), _join(path, i), origins)
+            for i in range(len(value))
+        ]
+    return value
+
+
+def validate(
+    node: Any, *, key: str = "", origins: Mapping[str, str] | None = None, extra: Iterable[str] = ()
+) -> None:
+    """Check an object node and every node nested in its params without building anything: node
+    shape, targets import, keys match constructor signatures, required arguments are present
+    (``extra``: argument names the program will supply itself)."""
+    _validate_node(_as_node(node, key), key, origins, extra)
+
+
+def instantiate(
+    node: Any,
+    *,
+    key: str = "",
+    origins: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Any:
+    """Build the object described by ``node`` (``{target, params}``).
+
+    ``key``: the node's dotted path in the full config (``"model"``), used in messages.
+    ``origins``: key path -> file, from :func:`load_with_origins`, so messages name the file.
+    ``extra``: objects only the program has (e.g. a built tokenizer), passed to the top-level target
+    alongside its params; setting one of them in the config is an error.
+
+    The whole tree is validated before any constructor runs. Errors raised by constructors propagate
+    unchanged.
+    """
+    extra = dict(extra or {})
+    node = _as_node(node, key)
+    _validate_node(node, key, origins, extra.keys())
+    return _build_node(node, key, origins, extra)
