@@ -36,6 +36,7 @@ setup(
     long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
+    license_files=["LICENSE"],
     python_requires=">=3.10",
     packages=find_packages(include=["mergevq", "mergevq.*", "taming", "taming.*"]),
     py_modules=["_torchvision_compat"],
@@ -65,7 +66,6 @@ setup(
     entry_points={"console_scripts": ["mergevq=mergevq.cli:main"]},
     cmdclass={"build_py": BuildPyWithExtras},
     classifiers=[
-        "License :: OSI Approved :: Apache Software License",
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],

@@ -42,7 +42,6 @@ import inspect
 import os
 import pkgutil
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +52,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mergevq.errors import ConfigError
+from mergevq.fileio import atomic_write
 
 __all__ = [
     "COMMAND_LINE",
@@ -510,18 +510,8 @@ def save(cfg: DictConfig | Mapping[str, Any], run_dir: PathLike) -> Path:
     directory = Path(run_dir)
     directory.mkdir(parents=True, exist_ok=True)
     destination = directory / CONFIG_FILENAME
-    fd, temporary = tempfile.mkstemp(prefix=f".{CONFIG_FILENAME}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, destination)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+    with atomic_write(destination, text=True) as handle:
+        handle.write(text)
     return destination
 
 

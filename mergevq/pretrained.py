@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from mergevq.errors import WeightsError
+from mergevq.fileio import atomic_write
 
 COMMAND = "mergevq prepare-weights"
 MANIFEST_FORMAT = 1
@@ -258,17 +259,8 @@ def verify_sha256(path: Path, expected: str) -> None:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_write(path) as handle:
+        handle.write(data)
 
 
 def _atomic_torch_save(path: Path, obj: Any) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from einops import rearrange
 from PIL import Image
+
+from mergevq.fileio import atomic_write
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -39,15 +40,6 @@ def grid(images: np.ndarray, *, ncol: int, pad: int = 2, scale: int = 1, fill: i
 
 def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
     """Write an (H, W, 3) uint8 image atomically (temp file + rename), creating the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        Image.fromarray(image).save(tmp, format="PNG")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are for people to open and share
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    with atomic_write(path) as handle:
+        Image.fromarray(image).save(handle, format="PNG")
+    return Path(path)

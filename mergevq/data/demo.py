@@ -33,7 +33,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -43,6 +42,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from mergevq.fileio import atomic_write
 from mergevq.paths import cache_root
 
 __all__ = [
@@ -341,19 +341,11 @@ def _read_cache(path: Path, key: str) -> DemoArrays:
 
 
 def _write_cache(path: Path, key: str, arrays: DemoArrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(
-                f, key=np.array(key), images=arrays.images, labels=arrays.labels,
-                boxes=arrays.boxes, split=arrays.split, photos=np.array(arrays.photos),
-            )
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache is shareable like any cache file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as handle:  # concurrent builders (DDP ranks) never see a partial file
+        np.savez_compressed(
+            handle, key=np.array(key), images=arrays.images, labels=arrays.labels,
+            boxes=arrays.boxes, split=arrays.split, photos=np.array(arrays.photos),
+        )
 
 
 def load_demo_arrays(
