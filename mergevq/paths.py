@@ -21,8 +21,12 @@ def configs_root() -> Path:
     env = os.environ.get("MERGEVQ_CONFIGS")
     if env:
         return Path(env).expanduser()
-    checkout = _PACKAGE.parent / "configs"
-    return checkout if checkout.is_dir() else _PACKAGE / "configs"
+    checkout = _PACKAGE.parent
+    # A source checkout has setup.py beside the package; an installed copy sits in site-packages,
+    # where a folder named "configs" could belong to anybody.
+    if (checkout / "setup.py").is_file() and (checkout / "configs").is_dir():
+        return checkout / "configs"
+    return _PACKAGE / "configs"
 
 
 def resolve_config(name: str | os.PathLike) -> Path:

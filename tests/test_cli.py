@@ -47,3 +47,13 @@ def test_unknown_subcommand_fails_cleanly(capsys):
         main(["trian"])
     assert exit_info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_configs_root_is_the_checkout_in_a_source_tree(monkeypatch):
+    from mergevq.paths import configs_root, resolve_config
+
+    monkeypatch.delenv("MERGEVQ_CONFIGS", raising=False)
+    assert (configs_root() / "data" / "demo.yaml").is_file()
+    assert resolve_config("data/demo") == configs_root() / "data" / "demo.yaml"
+    monkeypatch.setenv("MERGEVQ_CONFIGS", "/elsewhere")
+    assert str(configs_root()) == "/elsewhere"
