@@ -1,0 +1,276 @@
+"""MergeVQ encoder: a CNN (or patchify) stem, then ViT blocks that merge tokens as they go.
+
+DESIGN §4 steps 1–2 and the start of step 4. The encoder returns the K kept tokens in canonical
+order (raster order of the first position each covers) together with the assignment ``assign``
+(B, L) of every original position to a kept token; nothing is left behind on the module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+from timm.layers import DropPath, LayerScale, Mlp
+from torch import nn
+
+from mergevq.errors import ConfigError
+from mergevq.layers.attention import Attention
+from mergevq.layers.conv import Downsample, ResBlock, group_norm
+from mergevq.tokenizer.merge import (
+    bipartite_soft_matching,
+    canonicalize,
+    merge_schedule,
+    merge_tokens,
+    proportional_bias,
+    track_assignment,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Stems: image (B, C, H, W) -> tokens (B, L, D) in raster order
+# ---------------------------------------------------------------------------------------------
+
+
+class CNNStem(nn.Module):
+    """conv3x3 → per level ``num_res_blocks`` ResBlocks at width ch·mult, a stride-2 conv between
+    levels → GroupNorm → SiLU → conv1x1 to ``out_dim``. Downsampling f = 2^(levels − 1).
+
+    (B, in_channels, H, W) -> (B, (H/f)·(W/f), out_dim).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 3,
+        ch: int,
+        ch_mult: Sequence[int],
+        num_res_blocks: int | Sequence[int],
+        out_dim: int,
+    ) -> None:
+        super().__init__()
+        mults = tuple(int(m) for m in ch_mult)
+        if not mults or any(m < 1 for m in mults):
+            raise ConfigError(f"ch_mult={list(ch_mult)} must be a non-empty list of ints >= 1")
+        if isinstance(num_res_blocks, int):
+            blocks_per_level = (num_res_blocks,) * len(mults)
+        else:
+            blocks_per_level = tuple(int(n) for n in num_res_blocks)
+        if len(blocks_per_level) != len(mults) or any(n < 0 for n in blocks_per_level):
+            raise ConfigError(
+                f"num_res_blocks={num_res_blocks} must be an int >= 0 or one per level "
+                f"({len(mults)} levels from ch_mult)"
+            )
+        self.downsample_factor = 2 ** (len(mults) - 1)
+        self.conv_in = nn.Conv2d(in_channels, ch, kernel_size=3, padding=1)
+        self.levels = nn.ModuleList()
+        width = ch
+        for i, (mult, count) in enumerate(zip(mults, blocks_per_level)):
+            level = nn.Module()
+            blocks = []
+            for _ in range(count):
+                blocks.append(ResBlock(in_channels=width, out_channels=ch * mult))
+                width = ch * mult
+            level.blocks = nn.ModuleList(blocks)
+            level.downsample = (
+                Downsample(channels=width) if i < len(mults) - 1 else nn.Identity()
+            )
+            self.levels.append(level)
+        self.norm_out = group_norm(width)
+        self.act = nn.SiLU()
+        self.proj = nn.Conv2d(width, out_dim, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)  # (B, ch, H, W)
+        for level in self.levels:
+            for block in level.blocks:
+                h = block(h)
+            h = level.downsample(h)  # halves H, W except after the last level
+        h = self.proj(self.act(self.norm_out(h)))  # (B, D, H/f, W/f)
+        return rearrange(h, "b d h w -> b (h w) d")
+
+
+class PatchStem(nn.Module):
+    """Patchify conv (kernel = stride = ``patch_size``): (B, C, H, W) -> (B, (H/p)·(W/p), dim)."""
+
+    def __init__(self, *, in_channels: int = 3, patch_size: int = 16, dim: int) -> None:
+        super().__init__()
+        self.downsample_factor = patch_size
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rearrange(self.proj(x), "b d h w -> b (h w) d")
+
+
+# ---------------------------------------------------------------------------------------------
+# Transformer block (timm ``Block`` parameter names) split at the merge point
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttendOutput:
+    """``x`` (B, N, D) after the attention residual; ``metric`` (B, N, head_dim) for matching."""
+
+    x: torch.Tensor
+    metric: torch.Tensor
+
+
+class MergeBlock(nn.Module):
+    """Pre-LN ViT block whose state-dict keys equal timm's ``Block`` (norm1, attn.qkv, attn.proj,
+    ls1.gamma, norm2, mlp.fc1, mlp.fc2, ls2.gamma). It is run in two halves so the encoder can merge
+    tokens between attention and MLP (where ToMe merges)."""
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        init_values: float | None = 1e-5,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim=dim, num_heads=num_heads, qkv_bias=qkv_bias)
+        self.ls1 = LayerScale(dim, init_values=init_values) if init_values else nn.Identity()
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU)
+        self.ls2 = LayerScale(dim, init_values=init_values) if init_values else nn.Identity()
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def attend(self, x: torch.Tensor, *, key_bias: torch.Tensor | None) -> AttendOutput:
+        """x (B, N, D), key_bias (B, N) or None -> x + attention, and the merge metric."""
+        attn = self.attn(self.norm1(x), key_bias=key_bias)
+        return AttendOutput(x=x + self.drop_path1(self.ls1(attn.out)), metric=attn.metric)
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, N, D) -> x + MLP."""
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+    def forward(self, x: torch.Tensor, *, key_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """The whole block without merging (equals timm's ``Block`` when key_bias is None)."""
+        return self.feed_forward(self.attend(x, key_bias=key_bias).x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoder
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EncoderOutput:
+    """``z`` (B, K, code_dim): pre-quantisation latents; ``tokens`` (B, K, D): final-norm ViT tokens;
+    ``cls`` (B, D): final-norm [CLS]; ``assign`` (B, L) int64 in [0, K): kept token holding each
+    raster position (canonical order); ``sizes`` (B, K) float: positions held by each kept token."""
+
+    z: torch.Tensor
+    tokens: torch.Tensor
+    cls: torch.Tensor
+    assign: torch.Tensor
+    sizes: torch.Tensor
+
+
+class MergingEncoder(nn.Module):
+    """Stem → [CLS] + absolute position embedding → ``depth`` ViT blocks merging r_l tokens each
+    (schedule from :func:`merge_schedule`) → LayerNorm → drop [CLS] → LayerNorm → SiLU → Linear to
+    ``code_dim``.
+
+    Merging happens after each block's attention, with the block's key metric; once any merge has
+    happened, attention adds log(size) to the key logits (proportional attention). ``pos_embed``
+    (1, 1 + L, D) includes a slot for [CLS], as in timm / DINOv2 checkpoints.
+    """
+
+    def __init__(
+        self,
+        *,
+        stem: nn.Module,
+        dim: int,
+        depth: int = 12,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        init_values: float | None = 1e-5,
+        drop_path: float = 0.0,
+        num_tokens: int,
+        code_dim: int = 18,
+        merge_first_to_last: float = 3.0,
+    ) -> None:
+        super().__init__()
+        if depth < 1 or num_tokens < 1:
+            raise ConfigError(f"depth={depth} and num_tokens={num_tokens} must be >= 1")
+        self.num_tokens = num_tokens
+        self.depth = depth
+        self.merge_first_to_last = merge_first_to_last
+        self.stem = stem
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + num_tokens, dim))
+        rates = torch.linspace(0, drop_path, depth).tolist()  # stochastic depth grows with depth
+        self.blocks = nn.ModuleList(
+            MergeBlock(
+                dim=dim,
+                num_heads=num_heads,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                init_values=init_values,
+                drop_path=rate,
+            )
+            for rate in rates
+        )
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pre_quant = nn.Sequential(nn.LayerNorm(dim, eps=1e-6), nn.SiLU(), nn.Linear(dim, code_dim))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        self.blocks.apply(_init_linear)
+
+    def schedule(self, num_keep: int) -> tuple[int, ...]:
+        """Tokens merged in each block to keep ``num_keep``; ConfigError if unreachable."""
+        return merge_schedule(
+            num_tokens=self.num_tokens,
+            num_keep=num_keep,
+            depth=self.depth,
+            first_to_last=self.merge_first_to_last,
+        )
+
+    def forward(self, x: torch.Tensor, *, num_keep: int) -> EncoderOutput:
+        """x (B, C, H, W) image -> K = ``num_keep`` merged tokens and their assignment."""
+        schedule = self.schedule(num_keep)
+        tokens = self.stem(x)  # (B, L, D)
+        bsz, length, _ = tokens.shape
+        if length != self.num_tokens:
+            raise ConfigError(
+                f"stem gave {length} tokens for a {tuple(x.shape[-2:])} image but the encoder was "
+                f"built for num_tokens={self.num_tokens}"
+            )
+        cls = self.cls_token.expand(bsz, -1, -1)  # (B, 1, D)
+        h = torch.cat([cls, tokens], dim=1) + self.pos_embed  # (B, 1 + L, D)
+        sizes = torch.ones(bsz, 1 + length, device=h.device)  # (B, 1 + L), [CLS] included
+        assign = torch.arange(length, device=h.device).expand(bsz, -1)  # (B, L)
+        merged = False
+        for block, r in zip(self.blocks, schedule):
+            step = block.attend(h, key_bias=proportional_bias(sizes) if merged else None)
+            h = step.x
+            if r > 0:
+                plan = bipartite_soft_matching(step.metric, r=r, protect_first=True)
+                h, sizes = merge_tokens(h, sizes, plan)  # (B, N - r, D), (B, N - r)
+                assign = track_assignment(assign, plan)
+                merged = True
+            h = block.feed_forward(h)
+        h = self.norm(h)  # (B, 1 + K, D)
+        canon = canonicalize(h[:, 1:], sizes[:, 1:], assign)
+        return EncoderOutput(
+            z=self.pre_quant(canon.tokens),  # (B, K, code_dim)
+            tokens=canon.tokens,
+            cls=h[:, 0],
+            assign=canon.assign,
+            sizes=canon.sizes,
+        )
+
+
+def _init_linear(module: nn.Module) -> None:
+    """ViT initialisation: truncated-normal linear weights, zero biases."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
