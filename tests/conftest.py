@@ -6,6 +6,12 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# A regular install applies the torchvision CPU fix through its .pth hook; an editable install
+# does not place the hook, so apply it here before any test module imports timm or lightning.
+import _torchvision_compat  # noqa: E402
+
+_torchvision_compat.apply()
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
