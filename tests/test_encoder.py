@@ -144,5 +144,16 @@ def test_bad_num_keep_is_a_one_line_error(num_keep):
 def test_unreachable_k_and_wrong_image_size_are_errors():
     with pytest.raises(ConfigError, match="unreachable"):
         _encoder(depth=2)(torch.randn(1, 3, 64, 64), num_keep=10)  # 64 -> >= 16 in 2 layers
-    with pytest.raises(ConfigError, match="num_tokens=64"):
-        _encoder()(torch.randn(1, 3, 32, 32), num_keep=8)
+    with pytest.raises(ConfigError, match="multiple of the stem"):
+        _encoder()(torch.randn(1, 3, 60, 64), num_keep=8)
+
+
+def test_other_input_size_resizes_the_position_embedding():
+    """The 224 px student view of a 256 px model: its own L, a resized position embedding."""
+    enc = _encoder()  # 8x8 grid at 64 px
+    out = enc(torch.randn(2, 3, 48, 40), num_keep=10)  # 6x5 grid
+    _check_output(out, bsz=2, num_keep=10, num_tokens=30)
+    pos = enc.position_embedding((8, 8))
+    assert pos is enc.pos_embed  # the training grid uses the parameter itself
+    resized = enc.position_embedding((6, 5))
+    assert resized.shape == (1, 31, 32) and torch.equal(resized[:, 0], enc.pos_embed[:, 0])

@@ -10,7 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import math
+
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from timm.layers import DropPath, LayerScale, Mlp
 from torch import nn
@@ -179,7 +182,9 @@ class MergingEncoder(nn.Module):
 
     Merging happens after each block's attention, with the block's key metric; once any merge has
     happened, attention adds log(size) to the key logits (proportional attention). ``pos_embed``
-    (1, 1 + L, D) includes a slot for [CLS], as in timm / DINOv2 checkpoints.
+    (1, 1 + L, D) includes a slot for [CLS], as in timm / DINOv2 checkpoints. ``num_tokens`` is the
+    square token grid of the training resolution; another input size (e.g. the 224 px student view
+    of the alignment loss) gets a bicubically resized position embedding and its own L.
     """
 
     def __init__(
@@ -200,7 +205,11 @@ class MergingEncoder(nn.Module):
         super().__init__()
         if depth < 1 or num_tokens < 1:
             raise ConfigError(f"depth={depth} and num_tokens={num_tokens} must be >= 1")
+        side = math.isqrt(num_tokens)
+        if side * side != num_tokens:
+            raise ConfigError(f"num_tokens={num_tokens} must be a square (the token grid is square)")
         self.num_tokens = num_tokens
+        self.grid = (side, side)
         self.depth = depth
         self.merge_first_to_last = merge_first_to_last
         self.stem = stem
@@ -224,10 +233,11 @@ class MergingEncoder(nn.Module):
         nn.init.normal_(self.cls_token, std=1e-6)
         self.blocks.apply(_init_linear)
 
-    def schedule(self, num_keep: int) -> tuple[int, ...]:
-        """Tokens merged in each block to keep ``num_keep``; ConfigError if unreachable."""
+    def schedule(self, num_keep: int, *, num_tokens: int | None = None) -> tuple[int, ...]:
+        """Tokens merged in each block to keep ``num_keep`` of ``num_tokens`` (default: the
+        training grid's L); ConfigError if unreachable."""
         return merge_schedule(
-            num_tokens=self.num_tokens,
+            num_tokens=self.num_tokens if num_tokens is None else num_tokens,
             num_keep=num_keep,
             depth=self.depth,
             first_to_last=self.merge_first_to_last,
@@ -235,16 +245,18 @@ class MergingEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, *, num_keep: int) -> EncoderOutput:
         """x (B, C, H, W) image -> K = ``num_keep`` merged tokens and their assignment."""
-        schedule = self.schedule(num_keep)
+        factor = self.stem.downsample_factor
+        if x.shape[-2] % factor or x.shape[-1] % factor:
+            raise ConfigError(
+                f"image size {tuple(x.shape[-2:])} is not a multiple of the stem's down-sampling "
+                f"factor {factor}"
+            )
+        grid = (x.shape[-2] // factor, x.shape[-1] // factor)
+        schedule = self.schedule(num_keep, num_tokens=grid[0] * grid[1])
         tokens = self.stem(x)  # (B, L, D)
         bsz, length, _ = tokens.shape
-        if length != self.num_tokens:
-            raise ConfigError(
-                f"stem gave {length} tokens for a {tuple(x.shape[-2:])} image but the encoder was "
-                f"built for num_tokens={self.num_tokens}"
-            )
         cls = self.cls_token.expand(bsz, -1, -1)  # (B, 1, D)
-        h = torch.cat([cls, tokens], dim=1) + self.pos_embed  # (B, 1 + L, D)
+        h = torch.cat([cls, tokens], dim=1) + self.position_embedding(grid)  # (B, 1 + L, D)
         sizes = torch.ones(bsz, 1 + length, device=h.device)  # (B, 1 + L), [CLS] included
         assign = torch.arange(length, device=h.device).expand(bsz, -1)  # (B, L)
         merged = False
@@ -266,6 +278,17 @@ class MergingEncoder(nn.Module):
             assign=canon.assign,
             sizes=canon.sizes,
         )
+
+
+    def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
+        """(1, 1 + h·w, D): the learned embedding, bicubically resized for a grid other than the
+        training one ([CLS] slot unchanged)."""
+        if grid == self.grid:
+            return self.pos_embed
+        cls_pos, grid_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
+        grid_pos = rearrange(grid_pos, "1 (h w) d -> 1 d h w", h=self.grid[0])
+        grid_pos = F.interpolate(grid_pos, size=grid, mode="bicubic", align_corners=False)
+        return torch.cat([cls_pos, rearrange(grid_pos, "1 d h w -> 1 (h w) d")], dim=1)
 
 
 def _init_linear(module: nn.Module) -> None:
