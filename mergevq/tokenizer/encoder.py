@@ -215,7 +215,7 @@ class MergingEncoder(nn.Module):
         self.stem = stem
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + num_tokens, dim))
-        rates = torch.linspace(0, drop_path, depth).tolist()  # stochastic depth grows with depth
+        rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth grows with depth
         self.blocks = nn.ModuleList(
             MergeBlock(
                 dim=dim,
