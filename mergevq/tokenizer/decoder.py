@@ -16,7 +16,7 @@ whole up-sampling CNN is conditioned on global code statistics.
 
 ``num_res_blocks`` (an int, or one count per level in the order of ``ch_mult``, i.e. finest level
 first, like the encoder) sets the CNN depth. Suggested values, which land the decoder sizes of the
-DESIGN §4 variants table within 2 % (``benchmarks/decoder_params.py`` prints them): 4 per level and 6
+DESIGN §4 variants table within 2 % (``benchmarks/param_counts.py`` prints them): 4 per level and 6
 at the coarsest, i.e. ``(4, 4, 4, 6)`` for f = 8 and ``(4, 4, 4, 4, 6)`` for f = 16 (the two extra
 coarse blocks play the role of the VQGAN lineage's "mid" blocks). R uses the GR-d64 decoder (D 512).
 """
