@@ -95,12 +95,14 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
-def test_learned_recovery_overfits_one_batch(one_thread):
+@pytest.mark.parametrize("query_self_attention", [False, True])
+def test_learned_recovery_overfits_one_batch(one_thread, query_self_attention):
     gen = torch.Generator().manual_seed(0)
     batch, num_positions, num_keep = 8, 16, 6
     codes = (torch.randint(0, 2, (batch, num_keep, 18), generator=gen) * 2 - 1).float()
     assign = torch.stack([random_canonical_assign(num_positions, num_keep, gen) for _ in range(batch)])
-    model = LearnedRecovery(code_dim=18, dim=32, num_positions=num_positions, depth=2, num_heads=4)
+    model = LearnedRecovery(code_dim=18, dim=32, num_positions=num_positions, depth=2, num_heads=4,
+                            query_self_attention=query_self_attention)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     accuracy = 0.0
     for step in range(400):

@@ -248,7 +248,7 @@ class MergeVQ(nn.Module):
         self.recovery = (
             LearnedRecovery(code_dim=config.code_dim, dim=config.dim, num_positions=config.num_tokens,
                             depth=config.recovery_depth, num_heads=config.num_heads,
-                            mlp_ratio=config.mlp_ratio, query_self_attention=False)
+                            mlp_ratio=config.mlp_ratio)
             if config.recovery_depth > 0 else None
         )
         self.decoder = Decoder(

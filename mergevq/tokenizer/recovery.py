@@ -115,7 +115,7 @@ class LearnedRecovery(nn.Module):
         depth: int = 2,
         num_heads: int,
         mlp_ratio: float = 4.0,
-        query_self_attention: bool = True,
+        query_self_attention: bool = False,
         ratio_conditioning: bool = True,
     ) -> None:
         super().__init__()
