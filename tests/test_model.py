@@ -128,3 +128,13 @@ def test_bad_configs_and_files_are_clear_errors(tmp_path):
     (tmp_path / "a" / "config.json").write_text(json.dumps(meta))
     with pytest.raises(WeightsError, match="does not match"):
         MergeVQ.from_pretrained(tmp_path / "a")
+
+
+def test_build_config_is_a_preset_with_changes():
+    from mergevq.tokenizer.model import build_config
+
+    assert build_config(preset="tiny-GR") == preset("tiny-GR")
+    changed = build_config(preset="tiny-GR", changes={"drop_path": 0.1, "k_candidates": [4, 9]})
+    assert changed.drop_path == 0.1 and changed.k_candidates == (4, 9)
+    with pytest.raises(ConfigError, match="valid: G-d32"):
+        build_config(preset="nope")

@@ -182,11 +182,23 @@ PAPER_PARAMS: dict[str, tuple[float, float]] = {
 }
 
 
-def preset(name: str) -> MergeVQConfig:
-    """The named preset's config; an unknown name is a one-line ConfigError listing the choices."""
+def _named_preset(name: str) -> MergeVQConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown MergeVQ preset {name!r}; valid: {', '.join(PRESETS)}")
     return PRESETS[name]
+
+
+def preset(name: str) -> MergeVQConfig:
+    """The named preset's config; an unknown name is a one-line ConfigError listing the choices."""
+    return _named_preset(name)
+
+
+def build_config(*, preset: str, changes: Mapping[str, object] | None = None) -> MergeVQConfig:
+    """Config-file entry point: a preset with field changes, e.g. YAML
+    ``{target: mergevq.tokenizer.model.build_config, params: {preset: GR-d64, changes: {drop_path: 0.1}}}``.
+    An unknown preset or field is a one-line ConfigError."""
+    base = _named_preset(preset)
+    return base.replace(changes) if changes else base
 
 
 # --------------------------------------------------------------------------------------------------
