@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from mergevq.errors import ConfigError, WeightsError
+from taming.modules.frozen import FrozenHolder
 
 TEACHER_SOURCES = ("transformers", "timm")
 DEFAULT_TEACHER_DIM = 768  # DINOv2 ViT-B/14
@@ -75,7 +76,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-class Teacher(nn.Module):
+class Teacher(FrozenHolder):
     """Frozen DINOv2 that maps an ImageNet-normalised view (B, 3, H, W) to its pooled feature (B, dim).
 
     Args:
@@ -91,15 +92,13 @@ class Teacher(nn.Module):
     """
 
     def __init__(self, *, model: nn.Module, source: str) -> None:
-        super().__init__()
         if source not in TEACHER_SOURCES:
             raise ConfigError(f"unknown teacher source {source!r}; choose one of {', '.join(TEACHER_SOURCES)}")
         if not isinstance(model, nn.Module):
             raise ConfigError(f"Teacher: model must be an nn.Module, got {type(model).__name__}")
-        model.requires_grad_(False)
-        model.eval()
-        # Held outside ``_modules``: no parent state_dict / parameters() / apply() ever sees it.
-        object.__setattr__(self, "_teacher_model", model)
+        # FrozenHolder: frozen, eval mode, outside ``_modules`` (never in a parent's state_dict,
+        # parameters() or apply()), but moved by .to() / .cuda() / .double().
+        super().__init__(module=model)
         self.source = source
         self.dim = self._feature_dim(model, source)
 
@@ -119,30 +118,16 @@ class Teacher(nn.Module):
     @property
     def model(self) -> nn.Module:
         """The wrapped (frozen) network."""
-        return self._teacher_model
-
-    # ----------------------------------------------------------------------------------------------
-    # module plumbing: move with the parent, stay frozen and in eval mode
-
-    def _apply(self, fn, recurse: bool = True):
-        self._teacher_model._apply(fn)
-        return super()._apply(fn, recurse)
-
-    def train(self, mode: bool = True) -> Teacher:
-        super().train(mode)  # keeps ``self.training`` in step with the parent; the network stays eval
-        self._teacher_model.eval()
-        return self
+        return self.module
 
     def extra_repr(self) -> str:
-        return f"source={self.source!r}, dim={self.dim}, model={type(self._teacher_model).__name__} (frozen, not saved)"
+        return f"source={self.source!r}, dim={self.dim}, model={type(self.module).__name__} (frozen, not saved)"
 
     # ----------------------------------------------------------------------------------------------
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, 3, H, W) ImageNet-normalised → (B, dim): the final-norm [CLS] token."""
-        model = self._teacher_model
-        if model.training:  # someone called model.train() directly
-            model.eval()
+        model = self.held_eval()
         with torch.no_grad():
             if self.source == "transformers":
                 return model(pixel_values=x).pooler_output  # (B, dim) = layernorm(h_L)[:, 0]

@@ -8,8 +8,7 @@ it). Holding it outside ``_modules`` hides it from all of those at once. The one
 follow is device and dtype moves, so ``_apply`` (the single funnel behind ``.to()``, ``.cuda()``,
 ``.cpu()``, ``.double()``, ``.half()``) is forwarded to it explicitly.
 
-``taming`` never imports ``mergevq``: this is the leaf-package twin of the mechanism in
-``mergevq.tokenizer.alignment.Teacher``.
+Used by the LPIPS wrapper here and by ``mergevq.tokenizer.alignment.Teacher``.
 """
 
 from __future__ import annotations
