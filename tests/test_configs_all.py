@@ -38,9 +38,27 @@ def _image_folders(root: Path) -> None:
     _tiny_images(root / "train" / "cat", root / "train" / "dog", root / "val" / "cat")
 
 
+# Stage 1 recipes (configs/tokenizer/): ImageNet layout in tmp, the tiny model, a tiny discriminator,
+# a randomly initialised LPIPS backbone and no teacher (the recipes need a local DINOv2 folder).
+_TOKENIZER_VARIANTS = ("base", "G_d32", "G_d64", "GR_d32", "GR_d64", "GR_d96", "R")
+_TINY_TOKENIZER = [
+    "data.params.train.params.root={tmp_path}",
+    "data.params.validation.params.root={tmp_path}",
+    "data.params.num_workers=0",
+    "model.params.tokenizer.params.preset=tiny-GR",
+    "model.params.discriminator.params.ndf=8",
+    "model.params.discriminator.params.n_layers=2",
+    "model.params.perceptual.net=alex",
+    "model.params.perceptual.random_init=true",
+    "model.params.teacher=null",
+]
+# base.yaml leaves the variant-defining keys mandatory (???)
+_BASE_MANDATORY = ["run.name=base", "trainer.max_epochs=1", "model.params.lr_drop_epochs=[1]"]
+
 SETUP: dict[str, Callable[[Path], None]] = {
     "data/imagenet.yaml": _imagenet_layout,
     "data/folder.yaml": _image_folders,
+    **{f"tokenizer/{name}.yaml": _imagenet_layout for name in _TOKENIZER_VARIANTS},
 }
 
 OVERRIDES: dict[str, list[str]] = {
@@ -52,6 +70,10 @@ OVERRIDES: dict[str, list[str]] = {
         "data.params.train.params.root={tmp_path}/train",
         "data.params.validation.params.root={tmp_path}/val",
     ],
+    **{
+        f"tokenizer/{name}.yaml": _TINY_TOKENIZER + (_BASE_MANDATORY if name == "base" else [])
+        for name in _TOKENIZER_VARIANTS
+    },
 }
 
 

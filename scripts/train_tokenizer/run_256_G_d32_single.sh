@@ -1,0 +1,3 @@
+#!/usr/bin/env bash
+# G_d32 tokenizer (configs/tokenizer/G_d32.yaml), one node, one process per local device. See _launch.sh.
+exec "$(dirname "${BASH_SOURCE[0]}")/_launch.sh" single G_d32 "$@"
