@@ -268,14 +268,20 @@ class Backend:
             scaler = scaler_cls() if scaler_cls is not None else torch.amp.GradScaler(self.device_type)
         return MixedPrecision(self.precision, device=self.device_type, scaler=scaler)
 
-    def trainer_kwargs(self, *, strategy: str = "auto", num_nodes: int = 1) -> dict[str, Any]:
+    def trainer_kwargs(
+        self, *, strategy: str = "auto", num_nodes: int = 1, find_unused_parameters: bool = False
+    ) -> dict[str, Any]:
         """``accelerator``, ``devices``, ``num_nodes``, ``strategy`` and ``precision`` or
-        ``plugins`` for ``lightning.pytorch.Trainer(**backend.trainer_kwargs(), ...)``."""
+        ``plugins`` for ``lightning.pytorch.Trainer(**backend.trainer_kwargs(), ...)``.
+        ``find_unused_parameters`` is passed to DDP (a GAN trained with manual optimisation needs it:
+        each backward reaches only one of the two networks)."""
         kwargs: dict[str, Any] = {
             "accelerator": self.trainer_accelerator,
             "devices": self.devices,
             "num_nodes": num_nodes,
-            "strategy": make_strategy(self, strategy=strategy, num_nodes=num_nodes),
+            "strategy": make_strategy(
+                self, strategy=strategy, num_nodes=num_nodes, find_unused_parameters=find_unused_parameters
+            ),
         }
         plugin = self.precision_plugin()
         if plugin is not None:
@@ -401,7 +407,9 @@ def configure_cuda_flags(backend: Backend) -> bool:
     return True
 
 
-def make_strategy(backend: Backend, *, strategy: str = "auto", num_nodes: int = 1) -> Any:
+def make_strategy(
+    backend: Backend, *, strategy: str = "auto", num_nodes: int = 1, find_unused_parameters: bool = False
+) -> Any:
     """Lightning ``strategy`` argument for ``backend``: a name or a Strategy instance.
 
     ``auto``: one process in total -> Lightning's default (on npu an explicit single-device
@@ -418,16 +426,17 @@ def make_strategy(backend: Backend, *, strategy: str = "auto", num_nodes: int = 
         raise BackendError(f"num_nodes={num_nodes!r} is not valid; expected an int >= 1")
     pg = backend.ddp_process_group_backend
     world = backend.devices * num_nodes
+    unused = bool(find_unused_parameters)
     if name == "auto":
         if world > 1:
-            return DDPStrategy(process_group_backend=pg)
+            return DDPStrategy(process_group_backend=pg, find_unused_parameters=unused)
         if backend.accelerator == "npu":
             return SingleDeviceStrategy(device=backend.device(0))
         return "auto"
     if name == "ddp":
-        return DDPStrategy(process_group_backend=pg)
+        return DDPStrategy(process_group_backend=pg, find_unused_parameters=unused)
     if name == "ddp_spawn":
-        return DDPStrategy(start_method="spawn", process_group_backend=pg)
+        return DDPStrategy(start_method="spawn", process_group_backend=pg, find_unused_parameters=unused)
     # fsdp
     if backend.accelerator != "cuda":
         raise BackendError(

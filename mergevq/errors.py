@@ -16,3 +16,7 @@ class BackendError(MergeVQError):
 
 class WeightsError(MergeVQError):
     """A pretrained-weight artifact is missing, corrupt or fails its checksum."""
+
+
+class TrainingError(MergeVQError):
+    """Training cannot go on (e.g. too many non-finite losses in a row) or cannot resume."""

@@ -12,14 +12,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-from mergevq.cli import demo, pending, prepare_weights
+from mergevq.cli import demo, export, pending, prepare_weights, train
 from mergevq.errors import MergeVQError
 from mergevq.version import __version__
 
 # Order of DESIGN §8; pending commands print which issue brings them.
 _COMMANDS = (
-    pending.command("train", "train the tokenizer (Stage 1) or MergeAR (Stage 2) from YAML configs", 4),
-    pending.command("export", "write a from_pretrained-loadable tokenizer (EMA weights) from a run", 4),
+    train,
+    export,
     pending.command("evaluate-tokenizer", "rFID / PSNR / SSIM / LPIPS / codebook usage over a K sweep", 5),
     pending.command("reconstruct", "write original / reconstruction pairs and merge-group pictures", 5),
     pending.command("extract-codes", "run a tokenizer over a dataset and store Stage 2 token sequences", 6),

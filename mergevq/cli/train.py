@@ -1,0 +1,52 @@
+"""``mergevq train``: Stage 1 (tokenizer) training from YAML configs.
+
+    mergevq train CONFIG [CONFIG ...] [KEY=VALUE ...] [--run-dir DIR] [--resume auto|PATH]
+
+Configs are merged in order (each with its ``defaults:``), ``KEY=VALUE`` overrides come last
+(``+KEY=VALUE`` adds a key). A config is a path or a name under ``configs/`` (``tokenizer/GR_d64``).
+The run directory (default ``runs/<run.name>``) receives ``config.yaml``, ``checkpoints/`` and
+``logs/``. ``--resume auto`` continues from the newest complete checkpoint there (or starts fresh if
+there is none); ``--resume PATH`` from the given checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("train", help="train the tokenizer (Stage 1) from YAML configs",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("items", nargs="+", metavar="CONFIG|KEY=VALUE",
+                        help="config files (merged in order), then overrides such as trainer.max_steps=100")
+    parser.add_argument("--run-dir", default=None, help="run directory (default: runs/<run.name>)")
+    parser.add_argument("--resume", default=None, metavar="auto|PATH",
+                        help="auto: the newest complete checkpoint of the run directory; or a checkpoint file")
+    parser.set_defaults(run=run)
+
+
+def split_items(items: list[str]) -> tuple[list[str], list[str]]:
+    """Config names (no '=') and overrides (with '='), each in the given order."""
+    configs = [item for item in items if "=" not in item]
+    overrides = [item for item in items if "=" in item]
+    return configs, overrides
+
+
+def run(args: argparse.Namespace) -> int:
+    from mergevq.errors import ConfigError
+    from mergevq.paths import resolve_config
+    from mergevq.training.run import train
+
+    configs, overrides = split_items(args.items)
+    if not configs:
+        raise ConfigError("give at least one config file, e.g. mergevq train tokenizer/GR_d64")
+    result = train([resolve_config(c) for c in configs], overrides, run_dir=args.run_dir, resume=args.resume)
+    if not result.is_global_zero:
+        return 0
+    print(f"run directory: {result.run_dir}")
+    print(f"config: {result.config_path}")
+    if result.last_checkpoint is not None:
+        print(f"last checkpoint: {result.last_checkpoint}")
+    for key in sorted(k for k in result.metrics if k.startswith(("val/", "val_ema/"))):
+        print(f"{key}: {result.metrics[key]:.4f}")
+    return 0
