@@ -43,3 +43,85 @@ def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
     with atomic_write(path) as handle:
         Image.fromarray(image).save(handle, format="PNG")
     return Path(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokenizer pictures: merge groups and reconstructions at several K
+# --------------------------------------------------------------------------------------------------
+
+
+def group_palette(num_colours: int, *, seed: int = 0) -> np.ndarray:
+    """(num_colours, 3) uint8 saturated colours, evenly spaced hues in a fixed shuffled order (so
+    neighbouring group ids, which are often neighbouring groups, get unrelated colours)."""
+    import colorsys
+
+    order = np.random.default_rng(seed).permutation(num_colours)
+    colours = [colorsys.hsv_to_rgb(i / num_colours, 0.85, 1.0) for i in range(num_colours)]
+    return (np.asarray(colours)[order] * 255).round().astype(np.uint8)
+
+
+def merge_groups_picture(image: torch.Tensor, assign: torch.Tensor, grid: tuple[int, int], *, scale: int = 1,
+                         alpha: float = 0.5, boundaries: bool = True, boundary_colour: int = 0) -> np.ndarray:
+    """The merge groups of one image: (H·scale, W·scale, 3) uint8.
+
+    ``image`` (3, H, W) in [-1, 1]; ``assign`` (L,) int, the kept token holding each of the
+    L = h·w token positions in raster order (``Encoded.assign[b]``); ``grid`` = (h, w). Every pixel
+    is ``(1 − alpha)·image + alpha·colour(group)`` with one colour per group (``group_palette``);
+    with ``boundaries`` the pixels on the right/bottom edge of a group where the neighbour belongs
+    to another group are set to ``boundary_colour``. ``scale`` enlarges by pixel repetition first,
+    so the 1-pixel boundaries do not cover the small demo crops."""
+    h, w = grid
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"merge_groups_picture expects a (3, H, W) image, got shape {tuple(image.shape)}")
+    if assign.numel() != h * w:
+        raise ValueError(f"assign has {assign.numel()} entries but the grid {h}x{w} has {h * w} positions")
+    height, width = image.shape[1] * scale, image.shape[2] * scale
+    if height % h or width % w:
+        raise ValueError(f"the image ({height}x{width} after scale) is not a multiple of the grid {h}x{w}")
+    pixels = to_uint8(image[None])[0]
+    if scale > 1:
+        pixels = pixels.repeat(scale, axis=0).repeat(scale, axis=1)
+    groups = assign.detach().reshape(h, w).cpu().numpy().astype(np.int64)
+    groups = groups.repeat(height // h, axis=0).repeat(width // w, axis=1)  # (H, W) group id per pixel
+    palette = group_palette(int(groups.max()) + 1)
+    tinted = (1.0 - alpha) * pixels.astype(np.float32) + alpha * palette[groups].astype(np.float32)
+    out = tinted.round().clip(0, 255).astype(np.uint8)
+    if boundaries:
+        edge = np.zeros((height, width), dtype=bool)
+        edge[:, :-1] |= groups[:, :-1] != groups[:, 1:]
+        edge[:-1, :] |= groups[:-1, :] != groups[1:, :]
+        out[edge] = boundary_colour
+    return out
+
+
+def _label_strip(labels: list[str], *, cell: int, pad: int, width: int, fill: int) -> np.ndarray:
+    from PIL import ImageDraw
+
+    strip = Image.new("RGB", (width, len(labels) * (cell + pad) + pad), (fill, fill, fill))
+    draw = ImageDraw.Draw(strip)
+    for i, text in enumerate(labels):
+        draw.text((4, pad + i * (cell + pad) + cell // 2 - 5), text, fill=(0, 0, 0))
+    return np.asarray(strip)
+
+
+def reconstruction_grid(originals: torch.Tensor, reconstructions_by_k: dict[int, torch.Tensor], *,
+                        scale: int = 4, pad: int = 2, labels: bool = True, label_width: int = 72,
+                        fill: int = 255) -> np.ndarray:
+    """Originals and their reconstructions at several K, one row each: (rows·(H·scale+pad)+pad, ..., 3) uint8.
+
+    ``originals`` (N, 3, H, W) and every value of ``reconstructions_by_k`` (N, 3, H, W), in [-1, 1].
+    Row 0: the originals; then one row per K, largest K first. With ``labels`` a ``label_width``
+    strip on the left names the rows ("original", "K=64", ...)."""
+    n = originals.shape[0]
+    rows = [("original", originals)] + [(f"K={k}", reconstructions_by_k[k])
+                                        for k in sorted(reconstructions_by_k, reverse=True)]
+    for name, images in rows:
+        if tuple(images.shape) != tuple(originals.shape):
+            raise ValueError(f"{name}: shape {tuple(images.shape)} differs from the originals' {tuple(originals.shape)}")
+    tiles = np.concatenate([to_uint8(images) for _, images in rows])
+    picture = grid(tiles, ncol=n, pad=pad, scale=scale, fill=fill)
+    if not labels:
+        return picture
+    strip = _label_strip([name for name, _ in rows], cell=originals.shape[-2] * scale, pad=pad,
+                         width=label_width, fill=fill)
+    return np.concatenate([strip, picture], axis=1)

@@ -1,4 +1,5 @@
-"""`mergevq demo` at this stage: demo data through the config + DataModule path, picture + JSON."""
+"""`mergevq demo`: demo data through the config + DataModule path (picture + JSON), then a SHORT
+Stage 1 run (a handful of training steps) and its reconstruction grid, merge groups and metrics."""
 
 import json
 
@@ -14,17 +15,44 @@ def _private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MERGEVQ_CACHE", str(tmp_path / "cache"))
 
 
-def test_demo_writes_picture_and_metrics(tmp_path, capsys):
+def test_demo_data_only_writes_picture_and_metrics(tmp_path, capsys):
     out = tmp_path / "demo_out"
-    assert main(["demo", "--out", str(out), "demo_data.train_per_photo=10", "demo_data.val_per_photo=4",
-                 "demo_data.resolution=16"]) == 0
+    assert main(["demo", "--out", str(out), "--data-only", "demo_data.train_per_photo=10",
+                 "demo_data.val_per_photo=4", "demo_data.resolution=16"]) == 0
     metrics = json.loads((out / "demo_data.json").read_text())
     assert metrics["resolution"] == 16 and len(metrics["classes"]) == 10
     assert metrics["validation"]["images"] == 40 and metrics["validation"]["skipped"] == 0
     assert metrics["train"]["images"] == 96  # 100 crops, batch 32, drop_last
     assert (out / "demo_data.png").stat().st_size > 0
+    assert not (out / "tokenizer_run").exists()
     printed = capsys.readouterr().out
     assert "not yet in the demo" in printed and str(out / "demo_data.png") in printed
+
+
+def test_demo_stage1_short_run_writes_outputs(tmp_path, capsys):
+    from PIL import Image
+
+    out = tmp_path / "demo_out"
+    assert main(["demo", "--out", str(out), "demo_data.train_per_photo=10", "demo_data.val_per_photo=2",
+                 "trainer.max_steps=3", "trainer.progress_bar=false"]) == 0
+    for name in ("demo_data.png", "demo_data.json", "reconstructions.png", "merge_groups.png", "metrics.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert list((out / "tokenizer_run" / "checkpoints").glob("*.ckpt"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["validation_images"] == 20 and metrics["tokenizer"]["weights"] == "EMA"
+    ks = [int(k) for k in metrics["by_k"]]
+    tok = metrics["tokenizer"]
+    assert ks == sorted({tok["num_tokens"], tok["nominal_k"], tok["smallest_k"]}, reverse=True) and len(ks) == 3
+    for entry in metrics["by_k"].values():
+        assert np.isfinite(entry["psnr_mean"]) and 0 < entry["codebook_usage"] <= 1
+        assert 1 <= entry["unique_codes"] <= 20 * int(ks[0])
+    # reconstruction grid: a label strip, then 10 columns (one crop per photo) x (originals + 3 K rows)
+    width, height = Image.open(out / "reconstructions.png").size
+    assert height == 4 * (32 * 4 + 2) + 2 and width == 72 + 10 * (32 * 4 + 2) + 2
+    printed = capsys.readouterr().out
+    for name in ("reconstructions.png", "merge_groups.png", "metrics.json"):
+        assert str(out / name) in printed
+    assert "PSNR" in printed
 
 
 def test_demo_bad_override_is_one_line_error(tmp_path, capsys):
