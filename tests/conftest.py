@@ -39,3 +39,15 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    """A session-wide private MERGEVQ_CACHE (demo data built once, nothing written to ~/.cache)."""
+    return tmp_path_factory.mktemp("mergevq_cache")
+
+
+@pytest.fixture
+def private_cache(cache_dir, monkeypatch):
+    monkeypatch.setenv("MERGEVQ_CACHE", str(cache_dir))
+    return cache_dir

@@ -25,14 +25,7 @@ from mergevq.training.checkpoint import (
 from mergevq.training.run import train
 
 
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("mergevq_cache")
-
-
-@pytest.fixture(autouse=True)
-def _cache(cache_dir, monkeypatch):
-    monkeypatch.setenv("MERGEVQ_CACHE", str(cache_dir))
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 @pytest.fixture

@@ -10,14 +10,13 @@ from __future__ import annotations
 import copy
 import math
 import os
-import time
 import warnings
 from pathlib import Path
 
 import pytest
+from _distributed import run_ranks
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from taming.modules.frozen import FrozenHolder
@@ -154,20 +153,7 @@ def _lecam_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 
 @pytest.mark.distributed
 def test_lecam_ranks_agree(tmp_path: Path):
-    ctx = mp.start_processes(
-        _lecam_worker,
-        args=(_WORLD, str(tmp_path / "rendezvous"), str(tmp_path)),
-        nprocs=_WORLD,
-        join=False,
-        start_method="spawn",
-    )
-    deadline = time.monotonic() + 60
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for proc in ctx.processes:
-                if proc.is_alive():
-                    proc.kill()
-            pytest.fail("2-process gloo LeCAM test did not finish within 60 s")
+    run_ranks(_lecam_worker, world=_WORLD, tmp_path=tmp_path, what="2-process gloo LeCAM test")
     # global means: (1, -1) then (3, -3); EMA: 1 -> 0.5·1 + 0.5·3 = 2
     for rank in range(_WORLD):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from pathlib import Path
 
 import pytest
+from _distributed import run_ranks
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from mergevq.errors import ConfigError
 from mergevq.tokenizer.quantizer import (
@@ -286,20 +285,7 @@ def _dist_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 
 @pytest.mark.distributed
 def test_two_ranks_equal_one_process(tmp_path: Path):
-    ctx = mp.start_processes(
-        _dist_worker,
-        args=(_WORLD, str(tmp_path / "rendezvous"), str(tmp_path)),
-        nprocs=_WORLD,
-        join=False,
-        start_method="spawn",
-    )
-    deadline = time.monotonic() + 60
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for proc in ctx.processes:
-                if proc.is_alive():
-                    proc.kill()
-            pytest.fail("2-process gloo LFQ test did not finish within 60 s")
+    run_ranks(_dist_worker, world=_WORLD, tmp_path=tmp_path, what="2-process gloo LFQ test")
 
     z = _dist_batch().requires_grad_(True)
     full = LFQ(**_DIST_KW)(z)  # no process group in this process: plain local statistics

@@ -20,14 +20,7 @@ from mergevq.training.run import train
 from mergevq.training.tokenizer_module import TokenizerModule, batch_code_usage, frozen, image_psnr
 
 
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("mergevq_cache")
-
-
-@pytest.fixture(autouse=True)
-def _cache(cache_dir, monkeypatch):
-    monkeypatch.setenv("MERGEVQ_CACHE", str(cache_dir))
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def _module(tmp_path: Path, **params) -> TokenizerModule:
