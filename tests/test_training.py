@@ -17,7 +17,7 @@ from mergevq.config import load_with_origins
 from mergevq.errors import ConfigError, TrainingError
 from mergevq.training.checkpoint import load_checkpoint_file
 from mergevq.training.run import train
-from mergevq.training.tokenizer_module import TokenizerModule, batch_code_usage, frozen, image_psnr
+from mergevq.training.tokenizer_module import TokenizerModule, batch_code_usage, frozen
 
 
 pytestmark = pytest.mark.usefixtures("private_cache")
@@ -94,11 +94,6 @@ def test_frozen_restores_each_flag_even_on_error():
 
 def test_metric_helpers():
     assert batch_code_usage(torch.tensor([[1, 1, 2, 3]]), 8).item() == pytest.approx(0.75)
-    x = torch.zeros(2, 3, 4, 4)
-    y = x.clone()
-    y[1] += 0.2  # 0.1 on the [0, 1] scale -> MSE 0.01 -> 20 dB
-    psnr = image_psnr(y, x)
-    assert psnr[0] == pytest.approx(100.0) and psnr[1] == pytest.approx(20.0, abs=1e-4)
 
 
 def test_config_errors_are_one_line(tmp_path):

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mergevq.errors import ConfigError, TrainingError
+from mergevq.metrics.recon import psnr_per_image
 from mergevq.tokenizer.alignment import Teacher
 from mergevq.tokenizer.merge import KSampler
 from mergevq.tokenizer.model import MergeVQ, MergeVQConfig, MergeVQOutput
@@ -56,7 +57,7 @@ from taming.modules.losses.gan import hinge_d_loss, non_saturating_g_loss
 from taming.modules.losses.lecam import LeCAMRegularizer
 from taming.modules.losses.perceptual import PerceptualLoss
 
-__all__ = ["RNG_STATE_KEY", "TRAIN_STATE_KEY", "TokenizerModule", "batch_code_usage", "frozen", "image_psnr"]
+__all__ = ["RNG_STATE_KEY", "TRAIN_STATE_KEY", "TokenizerModule", "batch_code_usage", "frozen"]
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +88,6 @@ def batch_code_usage(indices: torch.Tensor, codebook_size: int) -> torch.Tensor:
     seen = torch.zeros(codebook_size, dtype=torch.float32, device=flat.device)
     seen.index_fill_(0, flat, 1.0)
     return seen.sum() / max(flat.numel(), 1)
-
-
-def image_psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) images in [-1, 1] -> (B,) PSNR in dB per image (peak 1 on the [0, 1] scale);
-    the reconstruction is clamped to [-1, 1] first."""
-    rec = (reconstruction.float().clamp(-1, 1) + 1) / 2
-    tgt = (target.float() + 1) / 2
-    mse = (rec - tgt).pow(2).flatten(1).mean(dim=1)  # (B,)
-    return -10.0 * torch.log10(mse.clamp_min(1e-10))
 
 
 def _check_number(name: str, value: Any, *, low: float, integer: bool = False, inclusive: bool = True) -> None:
@@ -438,7 +430,7 @@ class TokenizerModule(pl.LightningModule):
         rec = out.reconstruction.float().clamp(-1, 1)
         metrics = {
             "l1": (rec - x.float()).abs().mean(),
-            "psnr": image_psnr(rec, x).mean(),
+            "psnr": psnr_per_image(rec.clamp(-1, 1), x).mean(),  # per image, then mean
             "lpips": self.perceptual(rec, x),
             "usage": batch_code_usage(out.encoded.indices, tokenizer.quantizer.codebook_size),
             "per_sample_entropy": out.encoded.per_sample_entropy.float(),
