@@ -12,26 +12,11 @@ Prints one table measured in this run; ratios are relative to K = L.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from _timing import median_seconds
 
 from mergevq.tokenizer.model import MergeVQ, preset
-
-
-def _time(fn, *, reps: int, device: torch.device) -> float:
-    """Median wall time of ``fn()`` in seconds (CUDA synchronised)."""
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -57,8 +42,8 @@ def main() -> None:
         for k in ks:
             model.encode(x, k)  # warm-up (allocator, kernels)
             enc = model.encode(x, k)
-            t_enc = _time(lambda: model.encode(x, k), reps=args.reps, device=device)
-            t_dec = _time(lambda: model.decode(enc.indices, enc.assign), reps=args.reps, device=device)
+            t_enc = median_seconds(lambda: model.encode(x, k), reps=args.reps, device=device)
+            t_dec = median_seconds(lambda: model.decode(enc.indices, enc.assign), reps=args.reps, device=device)
             rows.append((k, t_enc, t_dec))
 
     base = rows[0][1] + rows[0][2]

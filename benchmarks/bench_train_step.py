@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import argparse
 import resource
-import statistics
-import time
 
 import torch
+from _timing import median_seconds
 
 from mergevq.tokenizer.alignment import Teacher
 from mergevq.tokenizer.model import preset
@@ -72,16 +71,7 @@ def main() -> None:
     step()  # warm-up
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(args.reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
+    seconds = median_seconds(step, reps=args.reps, device=device)
     if device.type == "cuda":
         peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB allocated"
     else:
