@@ -164,20 +164,39 @@ def lpips_weights_path(net: str = "vgg", cache_dir: str | os.PathLike | None = N
 
 
 def load_inception_extractor(
-    cache_dir: str | os.PathLike | None = None, features_list: tuple[str, ...] = ("2048",)
+    cache_dir: str | os.PathLike | None = None,
+    features_list: tuple[str, ...] = ("2048",),
+    *,
+    path: str | os.PathLike | None = None,
+    has_classifier: bool = False,
 ):
     """torch-fidelity's ``FeatureExtractorInceptionV3`` with the converted weights (no download).
-    It takes uint8 images (N, 3, H, W) in 0..255 and resizes them to 299 itself."""
-    path = inception_weights_path(cache_dir)
-    if not inception_has_classifier(cache_dir) and any(f.startswith("logits") for f in features_list):
+    It takes uint8 images (N, 3, H, W) in 0..255 and resizes them to 299 itself.
+
+    ``path``: a user-given torch-fidelity Inception state dict instead of the prepared one; say
+    ``has_classifier=True`` only if it holds the real 1008-way classifier (the official
+    ``pt_inception-2015-12-05`` file does), which Inception Score needs."""
+    if path is not None:
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise WeightsError(f"Inception weights {path} not found (a torch-fidelity InceptionV3 state dict)")
+        classifier = has_classifier
+    else:
+        path = inception_weights_path(cache_dir)
+        classifier = inception_has_classifier(cache_dir)
+    if not classifier and any(f.startswith("logits") for f in features_list):
         raise WeightsError(
             f"{path} has no Inception classifier (logits); only the '64'/'192'/'768'/'2048' features exist"
         )
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    return FeatureExtractorInceptionV3(
-        "inception-v3-compat", list(features_list), feature_extractor_weights_path=str(path)
-    )
+    try:
+        return FeatureExtractorInceptionV3(
+            "inception-v3-compat", list(features_list), feature_extractor_weights_path=str(path)
+        )
+    except Exception as exc:  # noqa: BLE001 - any failure means the file is not an Inception state dict
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise WeightsError(f"{path} is not a torch-fidelity InceptionV3 state dict ({msg})") from None
 
 
 def _new_lpips(net: str, *, heads_from_package: bool):

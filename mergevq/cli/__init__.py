@@ -12,7 +12,18 @@ import os
 import sys
 from collections.abc import Sequence
 
-from mergevq.cli import demo, export, pending, prepare_weights, train
+from mergevq.cli import (
+    demo,
+    evaluate_generation,
+    evaluate_tokenizer,
+    export,
+    extract_codes,
+    linear_probe,
+    prepare_weights,
+    reconstruct,
+    sample,
+    train,
+)
 from mergevq.errors import MergeVQError
 from mergevq.version import __version__
 
@@ -20,12 +31,12 @@ from mergevq.version import __version__
 _COMMANDS = (
     train,
     export,
-    pending.command("evaluate-tokenizer", "rFID / PSNR / SSIM / LPIPS / codebook usage over a K sweep", 5),
-    pending.command("reconstruct", "write original / reconstruction pairs and merge-group pictures", 5),
-    pending.command("extract-codes", "run a tokenizer over a dataset and store Stage 2 token sequences", 6),
-    pending.command("sample", "class-conditional MergeAR sampling to PNGs and an ADM-layout npz", 6),
-    pending.command("evaluate-generation", "FID / IS / KID / precision-recall of samples vs a reference", 6),
-    pending.command("linear-probe", "linear probe of the frozen encoder's [CLS] or pooled features", 5),
+    evaluate_tokenizer,
+    reconstruct,
+    extract_codes,
+    sample,
+    evaluate_generation,
+    linear_probe,
     prepare_weights,
     demo,
 )
