@@ -19,7 +19,7 @@ FORBIDDEN = {
     "mergevq/layers": ("mergevq.tokenizer", "mergevq.ar", "mergevq.training", "mergevq.cli"),
     "mergevq/tokenizer": ("mergevq.ar", "mergevq.training", "mergevq.cli"),
     "mergevq/ar": ("mergevq.training", "mergevq.cli"),
-    "mergevq/evaluation": ("mergevq.training", "mergevq.cli"),
+    "mergevq/inference": ("mergevq.training", "mergevq.cli"),
     "mergevq/training": ("mergevq.cli",),
 }
 

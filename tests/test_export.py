@@ -86,3 +86,20 @@ def test_export_cli(trained_run, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["export", str(tmp_path / "empty")]) == 2
     assert "no complete checkpoint" in capsys.readouterr().err
+
+
+def test_load_tokenizer_accepts_run_dir_checkpoint_and_export(trained_run, tmp_path):
+    from mergevq.training.export import load_tokenizer
+
+    export_tokenizer(trained_run.run_dir, out=tmp_path / "exported")
+    ema = load_checkpoint_file(trained_run.last_checkpoint)["ema_state_dict"]
+    for source in (trained_run.run_dir, trained_run.last_checkpoint, tmp_path / "exported"):
+        model = load_tokenizer(source)
+        assert not model.training
+        for name, value in model.state_dict().items():
+            assert torch.equal(value, ema[name]), (source, name)
+    with pytest.raises(ConfigError, match="not found"):
+        load_tokenizer(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="neither an exported tokenizer"):
+        load_tokenizer(tmp_path / "empty")

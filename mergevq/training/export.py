@@ -12,7 +12,7 @@ from mergevq.config import from_yaml, instantiate
 from mergevq.errors import ConfigError, TrainingError
 from mergevq.tokenizer.model import MergeVQ, MergeVQConfig
 
-__all__ = ["ExportResult", "export_tokenizer", "tokenizer_from_checkpoint"]
+__all__ = ["ExportResult", "export_tokenizer", "load_tokenizer", "tokenizer_from_checkpoint"]
 
 _TOKENIZER_NODE = "model.params.tokenizer"
 _PREFIX = "tokenizer."
@@ -93,3 +93,28 @@ def export_tokenizer(
     model = tokenizer_from_checkpoint(checkpoint, raw=raw)
     directory = model.save_pretrained(out)
     return ExportResult(directory=Path(directory), checkpoint=Path(checkpoint), weights="raw" if raw else "ema")
+
+
+def load_tokenizer(source: str | os.PathLike, *, raw: bool = False) -> MergeVQ:
+    """The tokenizer every evaluation / extraction / sampling command takes, in eval mode, from any
+    of: an exported folder (``config.json`` + ``model.safetensors``), a ``mergevq train`` run
+    directory (its newest complete checkpoint; EMA weights unless ``raw``) or a checkpoint file."""
+    from mergevq.tokenizer.model import CONFIG_FILE
+    from mergevq.training.checkpoint import CHECKPOINT_DIR, find_resume_checkpoint
+
+    path = Path(source).expanduser()
+    if path.is_file():
+        return tokenizer_from_checkpoint(path, raw=raw)
+    if not path.is_dir():
+        raise ConfigError(f"tokenizer not found: {path} (expected an exported folder, a run directory or a .ckpt)")
+    if (path / CONFIG_FILE).is_file():
+        if raw:
+            raise ConfigError(f"{path} is an exported tokenizer: it holds one set of weights, --raw does not apply")
+        return MergeVQ.from_pretrained(path).eval()
+    checkpoint = find_resume_checkpoint(path)
+    if checkpoint is None:
+        raise ConfigError(
+            f"{path} holds neither an exported tokenizer ({CONFIG_FILE}) nor a complete checkpoint in "
+            f"{path / CHECKPOINT_DIR}"
+        )
+    return tokenizer_from_checkpoint(checkpoint, raw=raw)
