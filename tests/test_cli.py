@@ -28,7 +28,7 @@ def test_each_subcommand_has_help():
         assert exit_info.value.code == 0
 
 
-@pytest.mark.parametrize("name", ["sample", "evaluate-generation", "extract-codes"])
+@pytest.mark.parametrize("name", ["sample", "evaluate-generation"])
 def test_pending_commands_say_so_and_fail(name, capsys):
     assert main([name, "anything", "--flag"]) == 2
     err = capsys.readouterr().err

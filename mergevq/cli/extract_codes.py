@@ -1,6 +1,176 @@
-"""``mergevq extract-codes`` (placeholder until issue #6 lands)."""
+"""``mergevq extract-codes``: the Stage 2 training data (DESIGN §5 "Training data").
 
-from mergevq.cli import pending
+    mergevq extract-codes TOKENIZER OUT_DIR [KEY=VALUE ...] [--config NAME | --demo | --folder PATH]
+                          [--raw] [--force]
 
-_COMMAND = pending.command("extract-codes", "run a tokenizer over a dataset and store Stage 2 token sequences", 6)
-add_parser = _COMMAND.add_parser
+Runs TOKENIZER (an exported folder, a ``mergevq train`` run directory or a checkpoint; EMA weights
+unless --raw) once over a data set and writes OUT_DIR: per image its class label, a kept-token count
+K drawn from ``extract.k_candidates`` (seeded per image: the same K for any batch size or process
+count) and the expanded raster index sequence t_1..t_L (int32), with ``extract.flip`` also the
+flipped image's; one shard file set per process and ``manifest.json`` (tokenizer id, L, grid, bit
+split, K distribution), read by ``mergevq.data.codes.CodesDataset``.
+
+The data set: ImageNet train (``--config extract/imagenet``, the default; set
+``data.params.train.params.root=PATH``), any image folder (``--folder PATH``) or the demo crops
+(``--demo``). Settings are the ``extract`` keys of configs/extract/base.yaml, e.g.
+``extract.seed=1 extract.flip=false extract.k_candidates=[144,256] extract.batch_size=128``.
+
+Re-running the same command is a no-op (an interrupted run resumes at the missing shards); OUT_DIR
+written with another tokenizer, K candidates, seed, flip or data set is refused unless --force. Under
+torchrun (scripts/train_autoregressive/extract_codes.sh) each process encodes one contiguous slice.
+Options go before TOKENIZER or after the last KEY=VALUE (argparse reads the positionals in one run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+_DEFAULT_CONFIG = "extract/imagenet"
+_DEMO_CONFIG = "extract/demo"
+_FOLDER_CONFIG = "extract/folder"
+_DATA_NODE = "data.params.train"
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("extract-codes", help="run a tokenizer over a dataset and store Stage 2 token sequences",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("tokenizer", metavar="TOKENIZER",
+                        help="exported tokenizer folder, mergevq train run directory or checkpoint file")
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="output folder of the codes (shards + manifest.json)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides, e.g. extract.seed=1 data.params.train.params.root=/data/imagenet")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--config", default=None,
+                        help=f"extraction config, a path or a name under configs/ (default: {_DEFAULT_CONFIG})")
+    source.add_argument("--demo", action="store_true", help=f"the embedded demo crops ({_DEMO_CONFIG})")
+    source.add_argument("--folder", default=None, metavar="PATH",
+                        help=f"any folder of images; class sub-folders give labels ({_FOLDER_CONFIG})")
+    parser.add_argument("--raw", action="store_true", help="a run directory / checkpoint's raw weights instead of the EMA")
+    parser.add_argument("--force", action="store_true", help="overwrite OUT_DIR written by another extraction")
+    parser.set_defaults(run=run)
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    """The ``extract`` node of configs/extract/base.yaml."""
+
+    k_candidates: tuple[int, ...] | None
+    seed: int
+    flip: bool
+    image_size: int
+    batch_size: int
+    num_workers: int
+    accelerator: str
+    precision: str
+
+    @classmethod
+    def from_node(cls, node: Mapping[str, Any], *, source: str) -> ExtractSettings:
+        from mergevq.errors import ConfigError
+
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(node) - set(names))
+        missing = [n for n in names if n not in node]
+        if unknown or missing:
+            problem = f"unknown key(s) {', '.join(unknown)}" if unknown else f"missing key(s) {', '.join(missing)}"
+            raise ConfigError(f"{source}: extract has {problem}; valid keys: {', '.join(names)}")
+        for name in ("seed", "image_size", "batch_size", "num_workers"):
+            if isinstance(node[name], bool) or not isinstance(node[name], int):
+                raise ConfigError(f"{source}: extract.{name} must be an integer, got {node[name]!r}")
+        if not isinstance(node["flip"], bool):
+            raise ConfigError(f"{source}: extract.flip must be true or false, got {node['flip']!r}")
+        ks = node["k_candidates"]
+        if ks is not None and (not isinstance(ks, (list, tuple)) or not all(
+                isinstance(k, int) and not isinstance(k, bool) for k in ks)):
+            raise ConfigError(f"{source}: extract.k_candidates must be null or a list of integers, got {ks!r}")
+        return cls(k_candidates=None if ks is None else tuple(ks), seed=node["seed"], flip=node["flip"],
+                   image_size=node["image_size"], batch_size=node["batch_size"], num_workers=node["num_workers"],
+                   accelerator=str(node["accelerator"]), precision=str(node["precision"]))
+
+
+def _config_and_overrides(args: argparse.Namespace, image_size: int) -> tuple[str, list[str]]:
+    """The config file and the overrides: the tokenizer's image size first, the user's last (they win)."""
+    from mergevq.paths import resolve_config
+
+    overrides = [f"extract.image_size={image_size}"]
+    if args.demo:
+        name = _DEMO_CONFIG
+    elif args.folder is not None:
+        name = _FOLDER_CONFIG
+        overrides.append(f"{_DATA_NODE}.params.root={args.folder}")
+    else:
+        name = args.config or _DEFAULT_CONFIG
+    bad = [item for item in args.overrides if "=" not in item]
+    if bad:
+        from mergevq.errors import ConfigError
+
+        raise ConfigError(f"expected KEY=VALUE overrides after TOKENIZER OUT_DIR, got {' '.join(bad)}")
+    return str(resolve_config(name)), overrides + list(args.overrides)
+
+
+class _Progress:
+    """A line on stderr every ~10% of this process's images (rank 0 only)."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.next_report = 0.1
+
+    def __call__(self, done: int, total: int) -> None:
+        if total and (done / total >= self.next_report or done == total):
+            rate = done / max(time.perf_counter() - self.started, 1e-9)
+            print(f"extract-codes: {done}/{total} images ({rate:.1f} images/s)", file=sys.stderr, flush=True)
+            while self.next_report <= done / total:
+                self.next_report += 0.1
+
+
+def run(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from mergevq.backend import select_backend
+    from mergevq.config import load_with_origins
+    from mergevq.distributed import init_from_env, shutdown
+    from mergevq.inference.extract_codes import extract_codes
+    from mergevq.training.export import load_tokenizer
+
+    model = load_tokenizer(args.tokenizer, raw=args.raw)  # CPU, eval mode
+    config_file, overrides = _config_and_overrides(args, model.config.image_size)
+    loaded = load_with_origins([config_file], overrides)
+    settings = ExtractSettings.from_node(OmegaConf.to_container(loaded.select("extract"), resolve=True),
+                                         source=loaded.origin("extract"))
+    backend = select_backend(accelerator=settings.accelerator, precision=settings.precision)
+    ctx = init_from_env(backend=backend.ddp_process_group_backend)
+    try:
+        device = backend.device(ctx.local_rank)
+        dataset = loaded.instantiate(_DATA_NODE)
+        description = OmegaConf.to_container(loaded.select(_DATA_NODE), resolve=True)
+        result = extract_codes(
+            model.to(device).eval(), dataset, out_dir=args.out_dir, k_candidates=settings.k_candidates,
+            seed=settings.seed, flip=settings.flip, batch_size=settings.batch_size,
+            num_workers=settings.num_workers, device=device, autocast_dtype=backend.autocast_dtype,
+            dist=ctx, dataset_description=description, force=args.force,
+            progress=_Progress() if ctx.is_main else None,
+        )
+        if ctx.is_main:
+            _print(result, world_size=ctx.world_size)
+    finally:
+        shutdown()
+    return 0
+
+
+def _print(result, *, world_size: int) -> None:
+    m = result.manifest
+    if result.up_to_date:
+        print(f"{result.out_dir}: already holds this extraction ({m.num_images} images); nothing to do")
+        return
+    rate = result.images_encoded / result.seconds if result.seconds > 0 else 0.0
+    print(f"wrote {result.out_dir}: {m.num_images} images"
+          f"{' (+ flipped)' if m.has_flip else ''}, {len(m.shards)} shard(s), L={m.num_tokens} "
+          f"grid={m.grid[0]}x{m.grid[1]}, {m.num_classes} classes")
+    print(f"K counts: {', '.join(f'{k}: {c}' for k, c in sorted(m.k_counts.items()))}")
+    print(f"unreadable images skipped: {m.num_skipped}")
+    print(f"rank 0: {result.images_encoded} images in {result.seconds:.1f} s ({rate:.1f} images/s"
+          f"{', x2 with flip' if m.has_flip else ''}; {world_size} process(es))")

@@ -37,8 +37,8 @@ tests compare against a float64 brute force).
 
 Distributed
 -----------
-With ``distributed=True`` and an initialised default process group of more than one rank, the
-token count, the sum of per-sample entropies and the ``Σ_n p_n`` matrix are summed across ranks
+With ``distributed=True``, an initialised default process group of more than one rank and a training
+forward (train mode, autograd on), the token count, the sum of per-sample entropies and the ``Σ_n p_n`` matrix are summed across ranks
 (one differentiable all-reduce), so both entropy terms are those of the global batch and do not
 depend on the number of ranks. The backward of that all-reduce sums the incoming gradients over the
 ranks, so the gradient a rank computes for its own ``z`` is ``world_size ×`` the gradient of the
@@ -348,7 +348,9 @@ class LFQ(nn.Module):
             count = torch.full((1,), logits.shape[0], dtype=loss_dtype, device=z.device)
             entropy_sum = per_sample_entropy(logits).sum().reshape(1)  # (1,)
             prob_sum = summed_code_probs(logits, self.entropy_split)  # (2^(d-s), 2^s)
-            if self.distributed and _distributed_world() > 1:
+            # Only training passes synchronise: inference jobs (evaluation, code extraction) run
+            # different numbers of forwards per rank, and a collective there would deadlock.
+            if self.distributed and self.training and torch.is_grad_enabled() and _distributed_world() > 1:
                 # one collective: [Σ_n p_n (flattened), Σ_n H(p_n), token count]
                 stats = _all_reduce_sum(torch.cat([prob_sum.reshape(-1), entropy_sum, count]))
                 prob_sum, entropy_sum, count = stats[:-2], stats[-2:-1], stats[-1:].detach()
