@@ -59,6 +59,8 @@ SETUP: dict[str, Callable[[Path], None]] = {
     "data/imagenet.yaml": _imagenet_layout,
     "data/folder.yaml": _image_folders,
     **{f"tokenizer/{name}.yaml": _imagenet_layout for name in _TOKENIZER_VARIANTS},
+    "extract/imagenet.yaml": _imagenet_layout,
+    "extract/folder.yaml": _image_folders,
 }
 
 OVERRIDES: dict[str, list[str]] = {
@@ -74,6 +76,9 @@ OVERRIDES: dict[str, list[str]] = {
         f"tokenizer/{name}.yaml": _TINY_TOKENIZER + (_BASE_MANDATORY if name == "base" else [])
         for name in _TOKENIZER_VARIANTS
     },
+    "extract/imagenet.yaml": ["data.params.train.params.root={tmp_path}"],
+    "extract/folder.yaml": ["data.params.train.params.root={tmp_path}/train"],
+    "extract/demo.yaml": ["demo_data.train_per_photo=2"],
 }
 
 
