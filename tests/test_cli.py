@@ -1,4 +1,4 @@
-"""The command-line skeleton: every DESIGN §8 subcommand is listed; pending ones say so."""
+"""The command line: every DESIGN §8 subcommand is listed and has help."""
 
 import subprocess
 import sys
@@ -28,15 +28,8 @@ def test_each_subcommand_has_help():
         assert exit_info.value.code == 0
 
 
-@pytest.mark.parametrize("name", ["sample", "evaluate-generation"])
-def test_pending_commands_say_so_and_fail(name, capsys):
-    assert main([name, "anything", "--flag"]) == 2
-    err = capsys.readouterr().err
-    assert "not implemented yet" in err and "issue #" in err
-
-
 def test_python_dash_m_is_the_same_command():
-    out = subprocess.run([sys.executable, "-m", "mergevq", "--help"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "mergevq", "--help"], check=False, capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0
     assert "prepare-weights" in out.stdout

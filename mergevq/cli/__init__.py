@@ -27,7 +27,7 @@ from mergevq.cli import (
 from mergevq.errors import MergeVQError
 from mergevq.version import __version__
 
-# Order of DESIGN §8; pending commands print which issue brings them.
+# Order of DESIGN §8.
 _COMMANDS = (
     train,
     export,

@@ -1,0 +1,184 @@
+"""Sampling from MergeAR with a static KV cache (DESIGN §5).
+
+``generate`` runs the prefix once, then L raster steps; each step samples the sub-tokens of one token
+in order through the intra-token head and feeds the token back through the cache. Classifier-free
+guidance doubles the batch: rows ``[0, B)`` are conditional, rows ``[B, 2B)`` use the null class, and
+both halves are fed the same sampled tokens. Guided logits per sub-token s:
+``u + scale_s · (c - u)`` (``scale_s`` = ``cfg_scale[s]``, or with ``cfg_schedule="linear"`` ramped
+from 1 at the first token to ``cfg_scale[s]`` at the last).
+
+Per-sample randomness: every draw of sample b is the inverse CDF of one uniform taken from a
+``torch.Generator`` seeded with ``seeds[b]`` (all L × n_sub uniforms drawn up front, on the CPU), so a
+sample depends only on its seed, label and K, not on the batch size, its position in the batch or the
+number of devices (up to the float rounding of batched matmuls).
+
+``teacher_forced_decode`` drives the same cached path with given tokens; the tests use it to check the
+exactness contract (cached logits == one teacher-forced pass with the training mask).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mergevq.ar.model import MergeAR
+from mergevq.tokenizer.quantizer import subtokens_to_indices
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    cfg_scale: tuple[float, ...] = (1.0, 1.0)  # one per sub-token (1.0 = no guidance)
+    cfg_schedule: str = "constant"  # "constant" | "linear" (ramps from 1 to cfg_scale over the L steps)
+    temperature: float = 1.0  # 0 = greedy (argmax)
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+
+    def __post_init__(self) -> None:
+        if self.cfg_schedule not in ("constant", "linear"):
+            raise ValueError(f"cfg_schedule={self.cfg_schedule!r}; valid: constant, linear")
+        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"need temperature >= 0, top_k >= 0, 0 < top_p <= 1; got {self.temperature}, "
+                             f"{self.top_k}, {self.top_p}")
+
+    @property
+    def guided(self) -> bool:
+        return any(s != 1.0 for s in self.cfg_scale)
+
+    def scale(self, sub_token: int, *, step: int, length: int) -> float:
+        """Guidance scale of ``sub_token`` at token ``step`` (1-based) of ``length``."""
+        full = self.cfg_scale[sub_token]
+        if self.cfg_schedule == "constant" or length == 1:
+            return full
+        return 1.0 + (full - 1.0) * (step - 1) / (length - 1)
+
+
+@dataclass(frozen=True)
+class Generated:
+    """``indices`` (B, L): the raster index grid (full indices), for ``tokenizer.decode_raster``;
+    ``peak_cache_entries`` (B,): most K/V entries held at once per sample (prefix + unique + w at most
+    for the compressed cache, P + L - 1 for the full one); ``unique_tokens`` (B,): distinct indices in
+    the grid; ``cache_capacity``: slots allocated per row (after any growth)."""
+
+    indices: Tensor
+    peak_cache_entries: Tensor
+    unique_tokens: Tensor
+    cache_capacity: int
+
+
+@dataclass(frozen=True)
+class ForcedDecode:
+    """``logits``: per sub-token (B, L, 2**bits_s) from the cached path; ``entries`` (B, L - 1): entries
+    held after feeding t_i (column i - 1); ``peak_cache_entries`` (B,); ``cache_capacity``."""
+
+    logits: tuple[Tensor, ...]
+    entries: Tensor
+    peak_cache_entries: Tensor
+    cache_capacity: int
+
+
+def _as_batch(value: int | Tensor, batch: int, device: torch.device) -> Tensor:
+    """An int, a 0-d or a (B,) tensor -> (B,) int64 on ``device``."""
+    value = torch.as_tensor(value, dtype=torch.long, device=device)
+    if value.ndim == 0:
+        return value.expand(batch)
+    if value.shape != (batch,):
+        raise ValueError(f"num_keep must be an int or (B={batch},), got shape {tuple(value.shape)}")
+    return value
+
+
+def per_sample_uniforms(seeds: Tensor, *, steps: int, draws: int) -> Tensor:
+    """(B,) seeds -> (B, steps, draws) float64 uniforms in [0, 1), row b from ``Generator(seeds[b])``."""
+    rows = []
+    for seed in seeds.tolist():
+        generator = torch.Generator().manual_seed(int(seed))
+        rows.append(torch.rand(steps, draws, generator=generator, dtype=torch.float64))
+    return torch.stack(rows)
+
+
+def pick(logits: Tensor, uniforms: Tensor, *, temperature: float, top_k: int, top_p: float) -> Tensor:
+    """``logits`` (B, V), ``uniforms`` (B,) -> (B,) sampled ids: argmax when ``temperature == 0``, else
+    the inverse CDF of the temperature / top-k / top-p filtered softmax at each row's uniform."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if 0 < top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = logits.softmax(dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass strictly ahead of each id
+        sorted_probs = sorted_probs.masked_fill(before >= top_p, 0.0)  # the top id always stays
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+    cdf = probs.double().cumsum(dim=-1)  # (B, V)
+    target = uniforms.to(cdf)[:, None] * cdf[:, -1:]
+    return torch.searchsorted(cdf, target, right=True).clamp_(max=logits.shape[-1] - 1)[:, 0]
+
+
+def _sample_token(model: MergeAR, hidden: Tensor, uniforms: Tensor, settings: SamplingSettings, *, batch: int,
+                  step: int) -> Tensor:
+    """Sub-tokens of one token, in order: ``hidden`` (B or 2B, D), ``uniforms`` (B, n_sub) -> (B, n_sub)."""
+    rows = hidden.shape[0]
+    given = torch.zeros(rows, 0, dtype=torch.long, device=hidden.device)
+    for s in range(len(model.config.sub_token_bits)):
+        logits = model.next_sub_token_logits(hidden, given).float()  # (rows, 2**bits_s)
+        if rows != batch:  # CFG: conditional half, null half
+            cond, uncond = logits[:batch], logits[batch:]
+            logits = uncond + settings.scale(s, step=step, length=model.num_tokens) * (cond - uncond)
+        sub = pick(logits, uniforms[:, s], temperature=settings.temperature, top_k=settings.top_k,
+                   top_p=settings.top_p)  # (B,)
+        given = torch.cat([given, sub.repeat(rows // batch)[:, None]], dim=1)
+    return given[:batch]
+
+
+@torch.no_grad()
+def generate(model: MergeAR, *, labels: Tensor, num_keep: int | Tensor, seeds: Tensor, settings: SamplingSettings,
+             compressed_cache: bool = True) -> Generated:
+    """Sample ``len(labels)`` raster index grids; see the module docstring for CFG and seeding."""
+    cfg = model.config
+    if len(settings.cfg_scale) != len(cfg.sub_token_bits):
+        raise ValueError(f"cfg_scale needs one value per sub-token ({len(cfg.sub_token_bits)}), "
+                         f"got {settings.cfg_scale}")
+    device = model.class_embedding.weight.device
+    batch, length = labels.shape[0], model.num_tokens
+    labels = labels.to(device=device, dtype=torch.long)
+    num_keep = _as_batch(num_keep, batch, device)
+    if seeds.shape != (batch,):
+        raise ValueError(f"seeds must be (B={batch},), got {tuple(seeds.shape)}")
+    if settings.guided:
+        labels = torch.cat([labels, torch.full_like(labels, model.null_class)])
+        num_keep = torch.cat([num_keep, num_keep])
+    uniforms = per_sample_uniforms(seeds, steps=length, draws=len(cfg.sub_token_bits)).to(device)
+    cache = model.new_cache(batch=labels.shape[0], compressed=compressed_cache, max_unique=int(num_keep.max()))
+    out = torch.zeros(batch, length, dtype=torch.long, device=device)
+    hidden = model.prefill(labels, num_keep, cache)  # (rows, D): predicts t_1
+    for step in range(1, length + 1):
+        sub = _sample_token(model, hidden, uniforms[:, step - 1], settings, batch=batch, step=step)
+        out[:, step - 1] = subtokens_to_indices(sub, cfg.sub_token_bits)
+        if step < length:
+            hidden = model.decode_step(out[:, step - 1].repeat(labels.shape[0] // batch), position=step, cache=cache)
+    unique = (out.sort(dim=1).values.diff(dim=1) != 0).sum(dim=1) + 1
+    return Generated(indices=out, peak_cache_entries=cache.peak_entries[:batch].clone(), unique_tokens=unique,
+                     cache_capacity=cache.capacity)
+
+
+@torch.no_grad()
+def teacher_forced_decode(model: MergeAR, *, indices: Tensor, labels: Tensor, num_keep: Tensor,
+                          compressed_cache: bool = True, max_unique: int | None = None) -> ForcedDecode:
+    """Feed the given ``indices`` (B, L) step by step through a cache and return the logits of every
+    position (what ``generate`` sees), for comparison with ``model(indices, labels, num_keep)``."""
+    batch, length = indices.shape
+    cache = model.new_cache(batch=batch, compressed=compressed_cache,
+                            max_unique=int(num_keep.max()) if max_unique is None else max_unique)
+    hiddens = [model.prefill(labels, num_keep, cache)]
+    entries = []
+    for position in range(1, length):
+        hiddens.append(model.decode_step(indices[:, position - 1], position=position, cache=cache))
+        entries.append(cache.entries)
+    hidden = torch.stack(hiddens, dim=1)  # (B, L, D)
+    logits = model.sub_token_logits(hidden.flatten(0, 1), indices.flatten())
+    return ForcedDecode(logits=tuple(lg.unflatten(0, (batch, length)) for lg in logits),
+                        entries=torch.stack(entries, dim=1), peak_cache_entries=cache.peak_entries.clone(),
+                        cache_capacity=cache.capacity)
