@@ -1,6 +1,175 @@
-"""``mergevq evaluate-tokenizer`` (placeholder until issue #5 lands)."""
+"""``mergevq evaluate-tokenizer``: rFID, PSNR, SSIM, LPIPS, codebook usage and images/s of a trained
+tokenizer over a validation set, for a sweep of kept-token counts K (DESIGN §6).
 
-from mergevq.cli import pending
+    mergevq evaluate-tokenizer [--num-keep 256,196,144] [--folder PATH | --demo] [--out DIR] [--raw]
+                               TOKENIZER [CONFIG ...] [KEY=VALUE ...]
 
-_COMMAND = pending.command("evaluate-tokenizer", "rFID / PSNR / SSIM / LPIPS / codebook usage over a K sweep", 5)
-add_parser = _COMMAND.add_parser
+(options go before TOKENIZER or after the last KEY=VALUE, not between them: argparse reads the
+positional arguments as one group.)
+
+TOKENIZER: an exported folder, a ``mergevq train`` run directory (newest checkpoint, EMA weights
+unless --raw) or a checkpoint file. The data and settings come from ``configs/evaluation/
+tokenizer.yaml`` (ImageNet val: set data.params.validation.params.root=PATH), ``tokenizer_folder.yaml``
+(--folder PATH) or ``tokenizer_demo.yaml`` (--demo); further CONFIG files are merged after it and
+KEY=VALUE overrides come last (eval.batch_size=64, eval.max_images=1000, eval.rfid=false,
+eval.inception_weights=FILE, eval.lpips_weights=FILE, eval.precision=bf16-mixed ...).
+
+Writes ``tokenizer_eval.json`` (every number, the settings, the tokenizer source) and
+``tokenizer_eval.md`` (one row per K) into --out (default: ``eval_tokenizer/`` next to the
+tokenizer) and prints the table. Several processes: launch with torchrun (or
+scripts/evaluation/evaluation_mergevq.sh); the set is sharded and the results equal one process's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["EvalSetup", "add_parser", "default_out_dir", "prepare_eval", "run"]
+
+CONFIGS = {"imagenet": "evaluation/tokenizer", "folder": "evaluation/tokenizer_folder",
+           "demo": "evaluation/tokenizer_demo"}
+JSON_FILE = "tokenizer_eval.json"
+TABLE_FILE = "tokenizer_eval.md"
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments shared with ``mergevq reconstruct``."""
+    parser.add_argument("tokenizer", metavar="TOKENIZER",
+                        help="exported tokenizer folder, mergevq train run directory or checkpoint file")
+    parser.add_argument("items", nargs="*", metavar="CONFIG|KEY=VALUE",
+                        help="extra config files (merged after the data set's), then overrides such as "
+                             "eval.batch_size=64")
+    parser.add_argument("--num-keep", default=None, metavar="K[,K...]",
+                        help="kept-token counts to sweep, e.g. 256,196,144 (default: eval.num_keep)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--folder", default=None, metavar="PATH",
+                        help="evaluate this folder of images (configs/evaluation/tokenizer_folder.yaml)")
+    source.add_argument("--demo", action="store_true",
+                        help="the embedded 32 px demo crops (configs/evaluation/tokenizer_demo.yaml)")
+    parser.add_argument("--raw", action="store_true", help="a run directory's raw weights instead of the EMA")
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate-tokenizer", help="rFID / PSNR / SSIM / LPIPS / codebook usage over a K sweep",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    parser.add_argument("--out", default=None, help="output folder (default: eval_tokenizer/ next to TOKENIZER)")
+    parser.set_defaults(run=run)
+
+
+@dataclass(frozen=True)
+class EvalSetup:
+    """What both evaluation commands build from the command line (on every rank)."""
+
+    model: Any  # MergeVQ in eval mode on ``device``
+    dataset: Any  # the validation set (first eval.max_images items)
+    num_keep: tuple[int, ...]
+    settings: dict  # the resolved ``eval`` node
+    data_node: dict  # the resolved ``data.params.validation`` node
+    config_files: tuple[str, ...]
+    device: Any  # torch.device
+    autocast_dtype: Any  # torch.dtype | None
+    context: Any  # DistContext
+
+
+def default_out_dir(tokenizer: str, name: str) -> Path:
+    """``<folder of TOKENIZER>/<name>``: inside an export / run directory, beside a checkpoint file."""
+    source = Path(tokenizer).expanduser()
+    return (source.parent if source.is_file() else source) / name
+
+
+def prepare_eval(args: argparse.Namespace) -> EvalSetup:
+    """Config, process group, tokenizer, data set and K list of an evaluation command."""
+    from omegaconf import OmegaConf
+    from torch.utils.data import Subset
+
+    from mergevq.backend import select_backend
+    from mergevq.cli.train import split_items
+    from mergevq.config import load_with_origins
+    from mergevq.distributed import init_from_env
+    from mergevq.errors import ConfigError
+    from mergevq.inference.tokenizer_eval import check_num_keep_list, parse_num_keep
+    from mergevq.paths import resolve_config
+    from mergevq.training.export import load_tokenizer
+
+    configs, overrides = split_items(list(args.items))
+    base = CONFIGS["demo" if args.demo else "folder" if args.folder is not None else "imagenet"]
+    files = [resolve_config(base), *(resolve_config(c) for c in configs)]
+    if args.folder is not None:
+        overrides = [f"data.params.validation.params.root={args.folder}", *overrides]
+    loaded = load_with_origins(files, overrides)
+    settings = OmegaConf.to_container(loaded.select("eval"), resolve=True)
+
+    backend = select_backend(accelerator=str(settings["accelerator"]), precision=str(settings["precision"]),
+                             devices=settings["devices"])
+    context = init_from_env(backend=backend.ddp_process_group_backend)
+    device = backend.device(context.local_rank)
+    model = load_tokenizer(args.tokenizer, raw=args.raw).to(device)
+    resolution = settings["resolution"]
+    if resolution is None:  # the tokenizer's own size; the data nodes read it through ${eval.resolution}
+        resolution = model.config.image_size
+        loaded = load_with_origins(files, [*overrides, f"eval.resolution={resolution}"])
+        settings = OmegaConf.to_container(loaded.select("eval"), resolve=True)
+    elif resolution != model.config.image_size:
+        raise ConfigError(f"eval.resolution={resolution}, but the tokenizer takes {model.config.image_size} px "
+                          f"images (its decoder grid is fixed); leave eval.resolution null")
+    num_keep = check_num_keep_list(model, parse_num_keep(args.num_keep if args.num_keep is not None
+                                                         else settings["num_keep"]))
+    dataset = loaded.instantiate("data.params.validation")
+    max_images = settings["max_images"]
+    if max_images is not None:
+        if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1:
+            raise ConfigError(f"eval.max_images={max_images!r}: expected a positive integer or null")
+        dataset = Subset(dataset, range(min(max_images, len(dataset))))
+    if isinstance(settings["batch_size"], bool) or not isinstance(settings["batch_size"], int):
+        raise ConfigError(f"eval.batch_size={settings['batch_size']!r}: expected a positive integer")
+    settings["num_keep"] = list(num_keep)  # what runs, recorded in the JSON
+    return EvalSetup(model=model, dataset=dataset, num_keep=tuple(num_keep), settings=settings,
+                     data_node=OmegaConf.to_container(loaded.select("data.params.validation"), resolve=True),
+                     config_files=loaded.files, device=device, autocast_dtype=backend.autocast_dtype,
+                     context=context)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mergevq.distributed import barrier, shutdown
+    from mergevq.fileio import atomic_write
+    from mergevq.inference.tokenizer_eval import evaluate_tokenizer
+    from mergevq.metrics.fid import InceptionFeatures
+    from mergevq.pretrained import load_lpips
+
+    try:
+        setup = prepare_eval(args)
+        settings = setup.settings
+        inception = (InceptionFeatures.load(path=settings["inception_weights"]).to(setup.device)
+                     if settings["rfid"] else None)
+        lpips = (load_lpips(str(settings["lpips_net"]), path=settings["lpips_weights"]).to(setup.device)
+                 if settings["lpips"] else None)
+        result = evaluate_tokenizer(
+            setup.model, setup.dataset, num_keep=setup.num_keep, inception=inception, lpips=lpips,
+            batch_size=settings["batch_size"], device=setup.device, context=setup.context,
+            autocast_dtype=setup.autocast_dtype, num_workers=settings["num_workers"],
+        )
+        if setup.context.is_main:
+            out = Path(args.out) if args.out is not None else default_out_dir(args.tokenizer, "eval_tokenizer")
+            report = {"tokenizer": str(Path(args.tokenizer).expanduser().resolve()), "raw": bool(args.raw),
+                      "config_files": list(setup.config_files), "eval": settings, "data": setup.data_node,
+                      "result": result.to_dict()}
+            with atomic_write(out / JSON_FILE, text=True) as handle:
+                json.dump(report, handle, indent=2)
+            table = result.markdown_table()
+            with atomic_write(out / TABLE_FILE, text=True) as handle:
+                handle.write(table + "\n")
+            print(table)
+            skipped = f", {result.num_skipped} unreadable skipped" if result.num_skipped else ""
+            print(f"{result.num_images} images{skipped}, {result.world_size} process(es), "
+                  f"{result.sweep_images_per_s:.1f} images/s over the sweep ({result.total_seconds:.1f} s)")
+            print(f"wrote {out / JSON_FILE} and {out / TABLE_FILE}")
+        barrier()
+    finally:
+        shutdown()
+    return 0

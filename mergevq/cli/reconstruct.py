@@ -1,6 +1,51 @@
-"""``mergevq reconstruct`` (placeholder until issue #5 lands)."""
+"""``mergevq reconstruct``: original / reconstruction PNG pairs and merge-group pictures of a tokenizer
+at given K values (DESIGN §6).
 
-from mergevq.cli import pending
+    mergevq reconstruct --out OUT_DIR [--num-keep 144,64] [--folder PATH | --demo] [--raw]
+                        [--group-scale N] TOKENIZER [CONFIG ...] [KEY=VALUE ...]
 
-_COMMAND = pending.command("reconstruct", "write original / reconstruction pairs and merge-group pictures", 5)
-add_parser = _COMMAND.add_parser
+Data and settings as ``mergevq evaluate-tokenizer`` (configs/evaluation/tokenizer*.yaml; --folder
+PATH for any folder of images; eval.max_images=N for the first N only). OUT_DIR receives
+``original/<name>.png``, ``K<k>/<name>.png`` and ``groups_K<k>/<name>.png`` (one colour per kept
+token). ``original/`` and ``K<k>/`` are matching PNG folders that any folder-based FID tool reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from mergevq.cli.evaluate_tokenizer import add_common_arguments, prepare_eval
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "reconstruct", help="write original / reconstruction pairs and merge-group pictures",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    parser.add_argument("--out", required=True, metavar="OUT_DIR", help="output folder")
+    parser.add_argument("--group-scale", type=int, default=None, metavar="N",
+                        help="pixel repetition of the merge-group pictures (default: about 256 px wide)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mergevq.distributed import barrier, shutdown
+    from mergevq.inference.reconstruct import reconstruct_images
+
+    try:
+        setup = prepare_eval(args)
+        result = reconstruct_images(
+            setup.model, setup.dataset, num_keep=setup.num_keep, out_dir=args.out,
+            batch_size=setup.settings["batch_size"], device=setup.device, context=setup.context,
+            autocast_dtype=setup.autocast_dtype, num_workers=setup.settings["num_workers"],
+            group_scale=args.group_scale,
+        )
+        if setup.context.is_main:
+            skipped = f" ({result.num_skipped} unreadable skipped)" if result.num_skipped else ""
+            ks = ", ".join(str(k) for k in result.num_keep)
+            print(f"wrote {result.num_images} images{skipped} at K = {ks} to {result.out_dir} "
+                  f"in {result.seconds:.1f} s")
+        barrier()
+    finally:
+        shutdown()
+    return 0
