@@ -1,4 +1,6 @@
-"""``mergevq train``: Stage 1 (tokenizer) training from YAML configs.
+"""``mergevq train``: training from YAML configs, for either stage: the config's ``model`` node says
+what is trained (``tokenizer/*``, ``demo/tokenizer``: the tokenizer; ``ar/*``, ``demo/mergear``: MergeAR
+on extracted codes).
 
     mergevq train CONFIG [CONFIG ...] [KEY=VALUE ...] [--run-dir DIR] [--resume auto|PATH]
 
@@ -15,7 +17,7 @@ import argparse
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("train", help="train the tokenizer (Stage 1) from YAML configs",
+    parser = subparsers.add_parser("train", help="train the tokenizer (Stage 1) or MergeAR (Stage 2) from YAML configs",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("items", nargs="+", metavar="CONFIG|KEY=VALUE",
                         help="config files (merged in order), then overrides such as trainer.max_steps=100")
@@ -47,6 +49,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"config: {result.config_path}")
     if result.last_checkpoint is not None:
         print(f"last checkpoint: {result.last_checkpoint}")
-    for key in sorted(k for k in result.metrics if k.startswith(("val/", "val_ema/"))):
+    for key in sorted(k for k in result.metrics if k == "train/loss" or k.startswith(("val/", "val_ema/"))):
         print(f"{key}: {result.metrics[key]:.4f}")
     return 0

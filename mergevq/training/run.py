@@ -1,11 +1,20 @@
-"""``train(config_paths, overrides)``: a Stage 1 run from YAML to checkpoints (DESIGN §7, §8).
+"""``train(config_paths, overrides)``: a training run from YAML to checkpoints (DESIGN §7, §8), for
+either stage: what is trained is whatever the ``model`` node builds (Stage 1:
+:class:`~mergevq.training.tokenizer_module.TokenizerModule` on images; Stage 2:
+:class:`~mergevq.training.ar_module.ARModule` on extracted codes). Nothing here looks at which one.
 
 Config sections (everything else in the file, e.g. ``demo_data``, is only there for interpolation):
 
 ``run``      ``name`` (run directory ``runs/<name>`` unless ``run_dir`` is given), ``seed``.
 ``trainer``  plain values, :class:`TrainerSettings`.
-``model``    ``{target: ...TokenizerModule, params: {...}}``; ``seed`` is supplied from ``run.seed``.
-``data``     ``{target: ...ImageDataModule, params: {...}}``.
+``model``    ``{target: <a LightningModule>, params: {...}}``; ``seed`` is supplied from ``run.seed``.
+``data``     ``{target: <a LightningDataModule>, params: {...}}``.
+
+What the ``model`` module must provide: ``train_steps`` (optimizer steps so far: the checkpoint
+cadence and ``trainer.max_steps`` count these) and ``ema_decay`` (float, or None for no EMA: then no
+:class:`~mergevq.training.callbacks.EMACallback` is added; a module whose EMA follows another
+attribute returns its EMACallback subclass from ``configure_callbacks``, which Lightning puts in
+place of the default one).
 
 Everything is validated (targets import, keys match signatures) before anything is built.
 The run directory receives ``config.yaml`` (the resolved config, written by rank 0),
@@ -70,8 +79,9 @@ class RunSettings:
 
 @dataclass(frozen=True)
 class TrainerSettings:
-    """The ``trainer`` section. ``max_steps`` counts training steps (generator + discriminator
-    optimizer steps as a pair, each of ``accumulate_grad_batches`` micro-batches); -1: no limit.
+    """The ``trainer`` section. ``max_steps`` counts training steps (``module.train_steps``: Stage 1
+    counts a generator + discriminator step pair, each of ``accumulate_grad_batches`` micro-batches,
+    as one; Stage 2 counts optimizer steps); -1: no limit.
     ``checkpoint_every_n_steps`` counts the same steps (0: only at epoch ends); a checkpoint is also
     written at every epoch end and when ``max_steps`` stops the run. ``keep_checkpoints``: how many of
     the newest to keep (-1: all). ``log_every_n_steps`` counts batches (Lightning's logging cadence).
@@ -117,7 +127,9 @@ class TrainResult:
 
 def build_trainer(settings: TrainerSettings, *, run_dir: Path, module: Any, config_yaml: str,
                   resumed: bool) -> Any:
-    """The Lightning Trainer of a Stage 1 run, with the mergevq callbacks and checkpoint I/O."""
+    """The Lightning Trainer of a run, with the mergevq callbacks and checkpoint I/O.
+    ``settings.max_steps`` is enforced by :class:`StepLimit` (in ``module.train_steps``), not by
+    Lightning: a module that needs the run length reads it from that callback."""
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import TQDMProgressBar
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -134,7 +146,7 @@ def build_trainer(settings: TrainerSettings, *, run_dir: Path, module: Any, conf
                                     find_unused_parameters=True)
     plugins = [*kwargs.pop("plugins", []), AtomicCheckpointIO(config_yaml=config_yaml)]
     callbacks: list[pl.Callback] = [
-        EMACallback(decay=module.ema_decay),
+        *([] if module.ema_decay is None else [EMACallback(decay=module.ema_decay)]),
         StepLimit(max_steps=settings.max_steps),
         SkippedImagesReport(),
         PeriodicCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, every_n_steps=settings.checkpoint_every_n_steps,
@@ -146,7 +158,9 @@ def build_trainer(settings: TrainerSettings, *, run_dir: Path, module: Any, conf
         **kwargs,
         plugins=plugins,
         max_epochs=settings.max_epochs,
-        max_steps=-1,  # counted by StepLimit in training steps (Lightning's global_step counts G and D steps)
+        # Counted by StepLimit in module.train_steps (Stage 1's global_step counts G and D steps);
+        # Lightning's own max_steps also breaks the epoch count of a resume from an epoch-end checkpoint.
+        max_steps=-1,
         log_every_n_steps=settings.log_every_n_steps,
         check_val_every_n_epoch=settings.val_every_n_epochs,
         limit_val_batches=settings.limit_val_batches,
@@ -169,7 +183,7 @@ def train(
     run_dir: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
 ) -> TrainResult:
-    """Train the tokenizer described by ``config_paths`` (+ ``key=value`` overrides).
+    """Train the module described by ``config_paths`` (+ ``key=value`` overrides).
 
     ``run_dir``: default ``runs/<run.name>``. ``resume``: None (fresh), ``"auto"`` (the newest
     complete checkpoint of ``run_dir``, fresh when there is none) or a checkpoint path.
