@@ -18,6 +18,8 @@ from omegaconf import DictConfig
 
 from mergevq import config as C
 
+from _ar_training import write_codes
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -55,12 +57,22 @@ _TINY_TOKENIZER = [
 # base.yaml leaves the variant-defining keys mandatory (???)
 _BASE_MANDATORY = ["run.name=base", "trainer.max_epochs=1", "model.params.lr_drop_epochs=[1]"]
 
+# Stage 2 recipes (configs/ar/): a tiny codes folder in tmp and the tiny MergeAR preset
+_AR_VARIANTS = ("GR_B", "GR_L", "GR_XL", "G_B", "G_L", "G_XL")
+_TINY_AR = ["codes.root={tmp_path}", "model.params.model.params.preset=tiny"]
+
 SETUP: dict[str, Callable[[Path], None]] = {
     "data/imagenet.yaml": _imagenet_layout,
     "data/folder.yaml": _image_folders,
     **{f"tokenizer/{name}.yaml": _imagenet_layout for name in _TOKENIZER_VARIANTS},
     "extract/imagenet.yaml": _imagenet_layout,
     "extract/folder.yaml": _image_folders,
+    "probe/imagenet.yaml": _imagenet_layout,
+    "probe/folder.yaml": _image_folders,
+    "evaluation/tokenizer.yaml": _imagenet_layout,
+    "evaluation/tokenizer_folder.yaml": _image_folders,
+    **{f"ar/{name}.yaml": write_codes for name in (*_AR_VARIANTS, "base")},
+    "demo/mergear.yaml": write_codes,
 }
 
 OVERRIDES: dict[str, list[str]] = {
@@ -79,6 +91,21 @@ OVERRIDES: dict[str, list[str]] = {
     "extract/imagenet.yaml": ["data.params.train.params.root={tmp_path}"],
     "extract/folder.yaml": ["data.params.train.params.root={tmp_path}/train"],
     "extract/demo.yaml": ["demo_data.train_per_photo=2"],
+    "probe/imagenet.yaml": [
+        "data.params.train.params.root={tmp_path}",
+        "data.params.validation.params.root={tmp_path}",
+    ],
+    "probe/folder.yaml": [
+        "data.params.train.params.root={tmp_path}/train",
+        "data.params.validation.params.root={tmp_path}/val",
+    ],
+    # eval.resolution: null means "the tokenizer's size", which the command fills in
+    "evaluation/tokenizer.yaml": ["eval.resolution=32", "data.params.validation.params.root={tmp_path}"],
+    "evaluation/tokenizer_folder.yaml": ["eval.resolution=32", "data.params.validation.params.root={tmp_path}/val"],
+    "evaluation/tokenizer_demo.yaml": ["eval.resolution=32"],
+    **{f"ar/{name}.yaml": _TINY_AR for name in _AR_VARIANTS},
+    "ar/base.yaml": _TINY_AR + ["run.name=base", "model.params.model.params.changes.grid=[16, 16]"],
+    "demo/mergear.yaml": ["demo_codes.root={tmp_path}"],
 }
 
 
