@@ -1,5 +1,6 @@
-"""`mergevq demo`: demo data through the config + DataModule path (picture + JSON), then a SHORT
-Stage 1 run (a handful of training steps) and its reconstruction grid, merge groups and metrics."""
+"""`mergevq demo`: demo data through the config + DataModule path (picture + JSON), then SHORT runs of
+both stages (a handful of training steps each): the K sweep table, reconstruction grid, merge groups
+and metrics of Stage 1; code extraction, MergeAR training and the per-class sample grid of Stage 2."""
 
 import json
 
@@ -26,33 +27,56 @@ def test_demo_data_only_writes_picture_and_metrics(tmp_path, capsys):
     assert (out / "demo_data.png").stat().st_size > 0
     assert not (out / "tokenizer_run").exists()
     printed = capsys.readouterr().out
-    assert "not yet in the demo" in printed and str(out / "demo_data.png") in printed
+    assert str(out / "demo_data.png") in printed
 
 
-def test_demo_stage1_short_run_writes_outputs(tmp_path, capsys):
+def test_demo_short_run_writes_both_stages(tmp_path, capsys):
     from PIL import Image
 
     out = tmp_path / "demo_out"
-    assert main(["demo", "--out", str(out), "demo_data.train_per_photo=10", "demo_data.val_per_photo=2",
+    assert main(["demo", "--out", str(out), "--samples-per-class", "2",
+                 "--ar-set", "trainer.max_steps=3", "--ar-set", "model.params.schedule.warmup_steps=1",
+                 "--ar-set", "trainer.progress_bar=false",
+                 "demo_data.train_per_photo=10", "demo_data.val_per_photo=2",
                  "trainer.max_steps=3", "trainer.progress_bar=false"]) == 0
-    for name in ("demo_data.png", "demo_data.json", "reconstructions.png", "merge_groups.png", "metrics.json"):
+    for name in ("demo_data.png", "demo_data.json", "reconstructions.png", "merge_groups.png", "metrics.json",
+                 "k_sweep.md", "samples.png", "mergear_metrics.json"):
         assert (out / name).stat().st_size > 0, name
     assert list((out / "tokenizer_run" / "checkpoints").glob("*.ckpt"))
+    assert list((out / "mergear_run" / "checkpoints").glob("*.ckpt"))
+
+    # Stage 1: the K sweep is L and every training K, largest first, with the eval module's metrics
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["validation_images"] == 20 and metrics["tokenizer"]["weights"] == "EMA"
-    ks = [int(k) for k in metrics["by_k"]]
     tok = metrics["tokenizer"]
-    assert ks == sorted({tok["num_tokens"], tok["nominal_k"], tok["smallest_k"]}, reverse=True) and len(ks) == 3
-    for entry in metrics["by_k"].values():
-        assert np.isfinite(entry["psnr_mean"]) and 0 < entry["codebook_usage"] <= 1
-        assert 1 <= entry["unique_codes"] <= 20 * int(ks[0])
-    # reconstruction grid: a label strip, then 10 columns (one crop per photo) x (originals + 3 K rows)
+    ks = [entry["num_keep"] for entry in metrics["evaluation"]["by_k"]]
+    assert ks == sorted({tok["num_tokens"], *tok["config"]["k_candidates"]}, reverse=True) == [64, 49, 36, 25]
+    for entry in metrics["evaluation"]["by_k"]:
+        assert np.isfinite(entry["psnr"]) and 0 < entry["ssim"] <= 1 and 0 < entry["codebook_usage"] <= 1
+        assert entry["rfid"] is None and entry["lpips"] is None  # no prepared weights in this cache
+        assert entry["mean_merge_groups"] == entry["num_keep"]
+    assert len(metrics["not_measured"]) == 2
+    table = (out / "k_sweep.md").read_text()
+    assert all(f"| {k} |" in table for k in ks)
+    # reconstruction grid: a label strip, then 10 columns (one crop per photo) x (originals + 4 K rows)
     width, height = Image.open(out / "reconstructions.png").size
-    assert height == 4 * (32 * 4 + 2) + 2 and width == 72 + 10 * (32 * 4 + 2) + 2
+    assert height == 5 * (32 * 4 + 2) + 2 and width == 72 + 10 * (32 * 4 + 2) + 2
+
+    # Stage 2: codes of the 100 crops and their flips, a sample grid of one row per class
+    ar = json.loads((out / "mergear_metrics.json").read_text())
+    assert ar["codes"]["images"] == 100 and ar["codes"]["flip"] is True
+    sampling = ar["sampling"]
+    assert sampling["samples"] == 20 and sampling["same_tokens"] is True
+    compressed, full = sampling["compressed_cache"], sampling["full_cache"]
+    assert compressed["peak_entries_max"] <= full["peak_entries_max"] == sampling["prefix"] + 64 - 1
+    width, height = Image.open(out / "samples.png").size
+    assert height == 10 * (32 * 3 + 2) + 2 and width == 2 * (32 * 3 + 2) + 2
+
     printed = capsys.readouterr().out
-    for name in ("reconstructions.png", "merge_groups.png", "metrics.json"):
+    for name in ("reconstructions.png", "merge_groups.png", "metrics.json", "k_sweep.md", "samples.png",
+                 "mergear_metrics.json"):
         assert str(out / name) in printed
-    assert "PSNR" in printed
+    assert "PSNR" in printed and "mergevq prepare-weights" in printed and "compressed" in printed
 
 
 def test_demo_bad_override_is_one_line_error(tmp_path, capsys):

@@ -21,6 +21,7 @@ FORBIDDEN = {
     "mergevq/ar": ("mergevq.training", "mergevq.cli"),
     "mergevq/inference": ("mergevq.training", "mergevq.cli"),
     "mergevq/training": ("mergevq.cli",),
+    "mergevq/demo": ("mergevq.cli",),
 }
 
 

@@ -7,13 +7,20 @@ epoch of each split through the DataLoaders, and writes a picture of the crops p
 
 Stage 1: trains the tiny tokenizer with that config through ``mergevq.training.run.train`` into
 ``OUT/tokenizer_run/`` (about 3 minutes on 2 CPU cores), then evaluates the EMA weights on the
-held-out crops at K = L, the nominal K and the smallest training K: per-image PSNR (mean, std),
-codebook usage, and the PSNR when the learned recovery predicts the assignment. Writes
+held-out crops over a K sweep (L and every training K) with the code of ``mergevq evaluate-tokenizer``:
+per-image PSNR and SSIM, LPIPS-VGG and rFID (when ``mergevq prepare-weights`` has prepared the offline
+weights; otherwise the demo says so), codebook usage and entropy, images/s. Writes
 ``reconstructions.png`` (originals, then one row per K), ``merge_groups.png`` (the merge groups at
-the nominal K, one colour per group, over a few held-out crops) and ``metrics.json``.
+the nominal K, one colour per group), ``metrics.json`` and ``k_sweep.md``.
 
-Overrides (``KEY=VALUE``) apply to the whole config, e.g. ``trainer.max_steps=20`` for a quick run.
-Tokenizer evaluation (#5) and MergeAR (#6) join the demo as they land.
+Stage 2: extracts the codes of the demo training crops (and their flips) with that tokenizer into
+``OUT/codes/``, trains a tiny MergeAR (``configs/demo/mergear.yaml``) into ``OUT/mergear_run/``, samples
+a grid per class with the compressed KV cache (``samples.png``, one row per class) and samples the
+same seeds again with the full cache: ``mergear_metrics.json`` reports the KV entries held versus L and
+the tokens/s of both.
+
+Overrides (``KEY=VALUE``) apply to the Stage 1 config, e.g. ``trainer.max_steps=20`` for a quick run;
+``--ar-set KEY=VALUE`` (repeatable) applies to the MergeAR config.
 """
 
 from __future__ import annotations
@@ -22,11 +29,6 @@ import argparse
 import json
 import time
 from pathlib import Path
-
-PENDING_STAGES = (
-    "tokenizer evaluation (rFID, LPIPS, K sweep): arrives with issue #5",
-    "Stage 2 (MergeAR training, compressed-KV-cache sampling): arrives with issue #6",
-)
 
 
 def add_parser(subparsers) -> None:
@@ -41,6 +43,19 @@ def add_parser(subparsers) -> None:
                              "other jobs keep busy, --threads 1 avoids the slow-down of oversubscribed threads")
     parser.add_argument("--data-only", action="store_true",
                         help="stop after the data stage (no tokenizer training)")
+    parser.add_argument("--rfid", action=argparse.BooleanOptionalAction, default=True,
+                        help="compute rFID in the K sweep when the Inception weights are prepared (default: on; "
+                             "Inception at 299 px runs at a few images/s on a CPU, ~3 minutes here)")
+    parser.add_argument("--tokenizer-only", action="store_true",
+                        help="stop after Stage 1 (no MergeAR)")
+    parser.add_argument("--ar-config", default="demo/mergear.yaml",
+                        help="the Stage 2 MergeAR config (default: demo/mergear.yaml)")
+    parser.add_argument("--ar-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override in the MergeAR config, e.g. --ar-set trainer.max_steps=50 (repeatable)")
+    parser.add_argument("--samples-per-class", type=int, default=8,
+                        help="MergeAR samples per demo class in samples.png (default: 8)")
+    parser.add_argument("--cfg-scale", type=float, default=2.0,
+                        help="classifier-free guidance scale for the demo samples (default: 2.0)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. demo_data.resolution=64")
     parser.set_defaults(run=run)
@@ -96,7 +111,6 @@ def run(args: argparse.Namespace) -> int:
         "build_seconds": round(build_s, 3),
         "train": _epoch(datamodule.train_dataloader()),
         "validation": _epoch(datamodule.val_dataloader()),
-        "pending": list(PENDING_STAGES),
     }
     picture = save_png(_per_class_picture(train, validation), out / "demo_data.png")
     report = out / "demo_data.json"
@@ -108,128 +122,83 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {picture} (one row per class: training crops | held-out crops)")
     print(f"wrote {report}")
     if not args.data_only:
-        _stage1(args, out, validation)
+        stage1 = _stage1(args, out, validation)
+        if not args.tokenizer_only:
+            _stage2(args, out, stage1.tokenizer, loaded, classes=list(train.classes))
     print(f"demo finished in {time.perf_counter() - start:.0f} s")
-    for line in PENDING_STAGES:
-        print(f"not yet in the demo: {line}")
     return 0
 
 
-# --------------------------------------------------------------------------------------------------
-# Stage 1: tokenizer training and its pictures / metrics
-# --------------------------------------------------------------------------------------------------
-
-RUN_SUBDIR = "tokenizer_run"
-
-
-
-def _evaluate(tokenizer, images, ks: list[int], *, batch_size: int = 100) -> dict:
-    """Per-image PSNR and code usage of ``tokenizer`` on ``images`` (N, 3, H, W) at each K; the
-    reconstructions, assignments and learned-recovery PSNR come along for the pictures."""
+def _stage1(args: argparse.Namespace, out: Path, validation):
     import torch
 
-    from mergevq.metrics.recon import psnr_per_image
-
-    codebook = tokenizer.quantizer.codebook_size
-    results: dict = {}
-    with torch.no_grad():
-        for k in ks:
-            recs, learned, assigns, indices = [], [], [], []
-            for i in range(0, len(images), batch_size):
-                x = images[i:i + batch_size]
-                enc = tokenizer.encode(x, k)
-                recs.append(tokenizer.decode_codes(enc.codes, enc.assign).clamp(-1, 1))
-                if tokenizer.recovery is not None:
-                    learned.append(tokenizer.decode(enc.indices).clamp(-1, 1))
-                assigns.append(enc.assign)
-                indices.append(enc.indices)
-            rec = torch.cat(recs)
-            psnr = psnr_per_image(rec, images)
-            codes = torch.cat(indices)
-            unique = int(torch.unique(codes).numel())
-            entry = {
-                "psnr_mean": round(float(psnr.mean()), 3),
-                "psnr_std": round(float(psnr.std()), 3),
-                "unique_codes": unique,
-                "codebook_usage": unique / codebook,  # distinct codes over the held-out set / 2^18
-                "unique_per_token": round(unique / codes.numel(), 4),  # distinct / tokens produced
-            }
-            if learned:
-                entry["psnr_mean_learned_recovery"] = round(float(psnr_per_image(torch.cat(learned), images).mean()), 3)
-            results[k] = {"metrics": entry, "reconstruction": rec, "assign": torch.cat(assigns)}
-    return results
-
-
-def _stage1(args: argparse.Namespace, out: Path, validation) -> dict:
-    import shutil
-
-    import numpy as np
-    import torch
-
+    from mergevq.demo.tokenizer_stage import (
+        PREPARE_HINT,
+        load_eval_networks,
+        run_tokenizer_stage,
+    )
     from mergevq.errors import ConfigError
     from mergevq.paths import resolve_config
-    from mergevq.training.export import tokenizer_from_checkpoint
-    from mergevq.training.run import train
-    from mergevq.visual import grid, merge_groups_picture, reconstruction_grid, save_png
 
-    run_dir = out / RUN_SUBDIR
-    if run_dir.exists():  # a fresh run every time: old checkpoints must not be resumed or reported
-        shutil.rmtree(run_dir)
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    print(f"stage 1: training the tiny tokenizer ({args.config}) into {run_dir} "
-          f"({torch.get_num_threads()} CPU threads)")
-    start = time.perf_counter()
-    result = train([resolve_config(args.config)], args.overrides, run_dir=run_dir)
-    train_s = time.perf_counter() - start
-    if result.last_checkpoint is None:
-        raise RuntimeError(f"training wrote no checkpoint into {run_dir}")
-    tokenizer = tokenizer_from_checkpoint(result.last_checkpoint).eval()  # EMA weights
-    config = tokenizer.config
-
-    start = time.perf_counter()
+    networks = load_eval_networks(rfid=args.rfid)
     images = torch.from_numpy(validation.images).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (N, 3, H, W)
-    ks = sorted({config.num_tokens, config.num_keep, min(config.k_candidates)}, reverse=True)
-    evaluated = _evaluate(tokenizer, images, ks)
-    eval_s = time.perf_counter() - start
+    stage = run_tokenizer_stage(config=resolve_config(args.config), overrides=list(args.overrides), out=out,
+                                validation_images=images, networks=networks)
+    evaluation, cfg = stage.evaluation, stage.tokenizer.config
+    table = evaluation.markdown_table()
+    table_path = out / "k_sweep.md"
+    table_path.write_text(
+        f"K sweep of the demo tokenizer (EMA weights, {cfg.num_tokens} tokens of {cfg.code_dim} bits, "
+        f"nominal K = {cfg.num_keep}) on {evaluation.num_images} held-out {evaluation.resolution[0]} px crops\n\n"
+        f"{table}\n")
+    print(f"stage 1: K sweep on {evaluation.num_images} held-out crops (PSNR and SSIM per image, then the mean):")
+    print(table)
+    if not args.rfid:
+        print("rFID not computed (--no-rfid)")
+    for line in networks.missing:
+        print(line)
+    if networks.missing:
+        print(f"({PREPARE_HINT})")
+    for path in stage.pictures:
+        print(f"wrote {path}")
+    print(f"wrote {table_path}")
+    print(f"wrote {stage.metrics_path}")
+    print(f"training run (checkpoint, config, logs): {stage.run_dir}")
+    return stage
 
-    # a few held-out crops, one per photo while there are enough
-    per_photo = max(1, len(images) // max(validation.num_classes, 1))
-    pick = list(range(0, len(images), per_photo))[:10]
-    recon = reconstruction_grid(images[pick], {k: evaluated[k]["reconstruction"][pick] for k in ks})
-    recon_path = save_png(recon, out / "reconstructions.png")
-    nominal = config.num_keep
-    groups = [merge_groups_picture(images[i], evaluated[nominal]["assign"][i], config.grid, scale=4)
-              for i in pick[:6]]
-    groups_path = save_png(grid(np.stack(groups), ncol=len(groups)), out / "merge_groups.png")
 
-    metrics = {
-        "tokenizer": {"preset_config": config.to_dict(), "weights": "EMA",
-                      "checkpoint": str(result.last_checkpoint), "num_tokens": config.num_tokens,
-                      "nominal_k": nominal, "smallest_k": min(config.k_candidates)},
-        "validation_images": int(len(images)),
-        "psnr_definition": "10 log10(4 / MSE) per image in [-1, 1] (= 10 log10(1 / MSE) in [0, 1]), then the mean",
-        "by_k": {str(k): evaluated[k]["metrics"] for k in ks},
-        "train_seconds": round(train_s, 1),
-        "eval_seconds": round(eval_s, 1),
-        "train_metrics": {k: round(v, 5) for k, v in sorted(result.metrics.items())},
-    }
-    metrics_path = out / "metrics.json"
-    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+def _stage2(args: argparse.Namespace, out: Path, tokenizer, loaded, *, classes: list[str]) -> None:
+    from omegaconf import OmegaConf
 
-    print(f"stage 1: trained in {train_s:.0f} s; held-out PSNR of the EMA tokenizer on {len(images)} crops "
-          f"({config.num_tokens} tokens, {config.code_dim} bits each):")
-    print(f"  {'K':>4}  {'PSNR dB':>8}  {'(learned recovery)':>18}  {'unique codes':>12}")
-    for k in ks:
-        m = evaluated[k]["metrics"]
-        tag = " = L" if k == config.num_tokens else (" nominal" if k == nominal else " smallest")
-        learned = m.get("psnr_mean_learned_recovery")
-        learned_text = f"{learned:.2f}" if learned is not None else "-"
-        print(f"  {k:>4}  {m['psnr_mean']:>8.2f}  {learned_text:>18}  {m['unique_codes']:>12}{tag}")
-    print(f"wrote {recon_path} (rows: originals, then K = {', '.join(map(str, ks))})")
-    print(f"wrote {groups_path} (merge groups at K = {nominal}, one colour per group)")
-    print(f"wrote {metrics_path}")
-    print(f"training run (checkpoint, config, logs): {run_dir}")
-    return metrics
+    from mergevq.config import instantiate
+    from mergevq.demo.generator_stage import run_generator_stage
+    from mergevq.errors import ConfigError
+    from mergevq.paths import resolve_config
+
+    if args.samples_per_class < 1:
+        raise ConfigError(f"--samples-per-class must be >= 1, got {args.samples_per_class}")
+    # the training crops as stored, without random flips: the extraction stores each flip itself
+    node = OmegaConf.to_container(loaded.select("data.params.train"), resolve=True)
+    node["params"]["flip"] = False
+    plain = instantiate(OmegaConf.create(node), key="data.params.train", origins=loaded.origins)
+    stage = run_generator_stage(tokenizer=tokenizer, train_images=plain, class_names=classes,
+                                config=resolve_config(args.ar_config), overrides=list(args.ar_set), out=out,
+                                samples_per_class=args.samples_per_class, cfg_scale=args.cfg_scale)
+    c, f = stage.compressed, stage.full
+    loss = f"{stage.final_loss:.3f} nats" if stage.final_loss is not None else "-"
+    print(f"stage 2: MergeAR trained on {stage.num_sequences} sequences in {stage.train_seconds:.0f} s "
+          f"(last training loss {loss})")
+    print(f"stage 2: sampled {len(classes)} classes x {args.samples_per_class} at K = {tokenizer.config.num_keep}, "
+          f"L = {stage.num_tokens}, window {stage.window}, prefix {stage.prefix}:")
+    print(f"  {'cache':>10}  {'KV entries (mean / max)':>24}  {'slots':>5}  {'tokens/s':>9}")
+    print(f"  {'compressed':>10}  {c.peak_entries_mean:>15.1f} / {c.peak_entries_max:<6}  {c.capacity:>5}  {c.tokens_per_s:>9.0f}")
+    print(f"  {'full':>10}  {f.peak_entries_mean:>15.1f} / {f.peak_entries_max:<6}  {f.capacity:>5}  {f.tokens_per_s:>9.0f}")
+    print(f"  compressed cache holds {100 * c.peak_entries_mean / f.peak_entries_mean:.0f}% of the full cache's entries "
+          f"(unique tokens per sample {stage.unique_tokens_mean:.1f}); same tokens as the full cache: {stage.same_tokens}")
+    print(f"wrote {stage.samples_path} (one row per class: {', '.join(classes)})")
+    print(f"wrote {stage.metrics_path}")
+    print(f"MergeAR run (checkpoint, config, logs): {stage.run_dir}")
