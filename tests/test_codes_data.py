@@ -176,6 +176,17 @@ def test_datamodule_batches(tmp_path):
     assert torch.equal(seen, again)  # the seed fixes the order
     other = torch.cat([b["indices"][:, 0] for b in CodesDataModule(train=train, batch_size=4, seed=4).train_dataloader()])
     assert not torch.equal(seen, other)
+    # the order of epoch e depends only on (seed, e): a loader built fresh (a resumed run) and set to
+    # epoch 2 gives what the uninterrupted loader gives in its third epoch
+    loader = dm.train_dataloader()
+    epochs = []
+    for epoch in range(3):
+        loader.sampler.set_epoch(epoch)  # what Lightning does before every training epoch
+        epochs.append(torch.cat([b["indices"][:, 0] for b in loader]))
+    assert torch.equal(epochs[0], seen) and not torch.equal(epochs[1], epochs[0])
+    resumed = CodesDataModule(train=train, batch_size=4, seed=3).train_dataloader()
+    resumed.sampler.set_epoch(2)
+    assert torch.equal(torch.cat([b["indices"][:, 0] for b in resumed]), epochs[2])
     val_rows = torch.cat([b["indices"][:, 0] for b in dm.val_dataloader()])
     assert val_rows.tolist() == [(i + 1) * 1000 for i in range(13)]  # in order, complete
     assert CodesDataModule(train=train, batch_size=4).val_dataloader() == []

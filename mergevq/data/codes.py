@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from mergevq.data.samplers import EpochShuffleSampler
 from mergevq.errors import ConfigError
 from mergevq.fileio import atomic_write
 
@@ -373,9 +374,9 @@ class CodesDataModule(pl.LightningDataModule):
     """Train / validation loaders over code data sets (usually :class:`CodesDataset`).
 
     Batches: ``{"indices": (B, L) int64, "label": (B,) int64, "num_keep": (B,) int64}``. Training
-    batches are shuffled (a generator seeded with ``seed``, so single-process runs see the same order
-    every time; under DDP Lightning swaps in its ``DistributedSampler``) and full (``drop_last``:
-    uniform shapes); validation is in order and complete.
+    batches are shuffled in an order that depends only on (``seed``, epoch), so a resumed run sees the
+    order an uninterrupted one would (:class:`~mergevq.data.samplers.EpochShuffleSampler`), and full
+    (``drop_last``: uniform shapes); validation is in order and complete.
     """
 
     def __init__(self, *, train: Dataset, validation: Dataset | None = None, batch_size: int,
@@ -393,8 +394,8 @@ class CodesDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: Dataset, *, train: bool) -> DataLoader:
         return DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=train, drop_last=train,
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
+            dataset, batch_size=self.batch_size, drop_last=train,
+            sampler=EpochShuffleSampler(length=len(dataset), seed=self.seed) if train else None,
             num_workers=self.num_workers, pin_memory=_accelerator_present(),
             persistent_workers=self.num_workers > 0,
         )
