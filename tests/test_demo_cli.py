@@ -66,7 +66,7 @@ def test_demo_short_run_writes_both_stages(tmp_path, capsys):
     ar = json.loads((out / "mergear_metrics.json").read_text())
     assert ar["codes"]["images"] == 100 and ar["codes"]["flip"] is True
     sampling = ar["sampling"]
-    assert sampling["samples"] == 20 and sampling["same_tokens"] is True
+    assert sampling["samples"] == 20 and sampling["max_logit_diff"] <= 1e-4  # the caches agree on the same tokens
     compressed, full = sampling["compressed_cache"], sampling["full_cache"]
     assert compressed["peak_entries_max"] <= full["peak_entries_max"] == sampling["prefix"] + 64 - 1
     width, height = Image.open(out / "samples.png").size

@@ -56,6 +56,8 @@ def add_parser(subparsers) -> None:
                         help="MergeAR samples per demo class in samples.png (default: 8)")
     parser.add_argument("--cfg-scale", type=float, default=2.0,
                         help="classifier-free guidance scale for the demo samples (default: 2.0)")
+    parser.add_argument("--temperature", type=float, default=0.7,
+                        help="sampling temperature for the demo samples (default: 0.7; 0 = greedy)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. demo_data.resolution=64")
     parser.set_defaults(run=run)
@@ -187,18 +189,22 @@ def _stage2(args: argparse.Namespace, out: Path, tokenizer, loaded, *, classes: 
     plain = instantiate(OmegaConf.create(node), key="data.params.train", origins=loaded.origins)
     stage = run_generator_stage(tokenizer=tokenizer, train_images=plain, class_names=classes,
                                 config=resolve_config(args.ar_config), overrides=list(args.ar_set), out=out,
-                                samples_per_class=args.samples_per_class, cfg_scale=args.cfg_scale)
+                                samples_per_class=args.samples_per_class, cfg_scale=args.cfg_scale,
+                                temperature=args.temperature)
     c, f = stage.compressed, stage.full
     loss = f"{stage.final_loss:.3f} nats" if stage.final_loss is not None else "-"
     print(f"stage 2: MergeAR trained on {stage.num_sequences} sequences in {stage.train_seconds:.0f} s "
           f"(last training loss {loss})")
-    print(f"stage 2: sampled {len(classes)} classes x {args.samples_per_class} at K = {tokenizer.config.num_keep}, "
+    print(f"stage 2: sampled {len(classes)} classes x {args.samples_per_class} at K = {tokenizer.config.num_keep} "
+          f"(CFG {args.cfg_scale}, temperature {args.temperature}), "
           f"L = {stage.num_tokens}, window {stage.window}, prefix {stage.prefix}:")
     print(f"  {'cache':>10}  {'KV entries (mean / max)':>24}  {'slots':>5}  {'tokens/s':>9}")
     print(f"  {'compressed':>10}  {c.peak_entries_mean:>15.1f} / {c.peak_entries_max:<6}  {c.capacity:>5}  {c.tokens_per_s:>9.0f}")
     print(f"  {'full':>10}  {f.peak_entries_mean:>15.1f} / {f.peak_entries_max:<6}  {f.capacity:>5}  {f.tokens_per_s:>9.0f}")
     print(f"  compressed cache holds {100 * c.peak_entries_mean / f.peak_entries_mean:.0f}% of the full cache's entries "
-          f"(unique tokens per sample {stage.unique_tokens_mean:.1f}); same tokens as the full cache: {stage.same_tokens}")
+          f"(unique tokens per sample {stage.unique_tokens_mean:.1f}, bound prefix + unique + window); on the "
+          f"same tokens the two caches' logits differ by at most {stage.max_logit_diff:.1e}; "
+          f"{stage.identical_samples} of {len(classes) * args.samples_per_class} samples identical")
     print(f"wrote {stage.samples_path} (one row per class: {', '.join(classes)})")
     print(f"wrote {stage.metrics_path}")
     print(f"MergeAR run (checkpoint, config, logs): {stage.run_dir}")
