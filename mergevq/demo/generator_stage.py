@@ -16,7 +16,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from mergevq.ar.sampling import Generated, SamplingSettings, generate, teacher_forced_decode
+from mergevq.ar.sampling import (
+    Generated,
+    SamplingSettings,
+    generate,
+    teacher_forced_decode,
+)
 from mergevq.inference.extract_codes import extract_codes
 from mergevq.tokenizer.model import MergeVQ
 from mergevq.training.ar_export import load_mergear
