@@ -42,18 +42,21 @@ def merged_sequences(count: int, *, grid: tuple[int, int] = GRID, code_dim: int 
 
 
 def write_codes(root: Path, *, count: int = 8, grid: tuple[int, int] = GRID, num_classes: int = NUM_CLASSES,
-                seed: int = 0) -> Path:
+                seed: int = 0, flip: bool = False) -> Path:
+    """A codes folder of ``count`` merged sequences; ``flip``: also the mirrored grids, as
+    ``extract-codes`` stores them for flipped images."""
     tokens, labels, keeps = merged_sequences(count, grid=grid, seed=seed)
+    mirrored = tokens.reshape(count, *grid)[:, :, ::-1].reshape(count, -1).copy() if flip else None
     root.mkdir(parents=True, exist_ok=True)
     k_counts = {int(k): int((keeps == k).sum()) for k in np.unique(keeps)}
     record = ShardRecord(name=shard_name(0, 1), rank=0, world_size=1, count=count, num_skipped=0,
                          k_counts=k_counts, max_label=int(labels.max()), request="test")
-    write_shard(root, record, ShardArrays(tokens=tokens, flip=None, labels=labels, num_keep=keeps,
+    write_shard(root, record, ShardArrays(tokens=tokens, flip=mirrored, labels=labels, num_keep=keeps,
                                           source_index=np.arange(count, dtype=np.int64)))
     manifest = CodesManifest(
         tokenizer_id="test", num_tokens=grid[0] * grid[1], grid=grid, code_dim=18, sub_token_bits=(6, 12),
         num_classes=num_classes, k_candidates=tuple(sorted(k_counts)), k_counts=k_counts, num_images=count,
-        has_flip=False, shards=(record,),
+        has_flip=flip, shards=(record,),
     )
     write_manifest(root, manifest)
     return root

@@ -187,7 +187,7 @@ def test_codes_that_do_not_fit_the_model_are_a_one_line_error(tmp_path):
 
 
 def test_demo_config_trains(tmp_path):
-    codes = write_codes(tmp_path / "codes", count=16, grid=(8, 8), num_classes=10)
+    codes = write_codes(tmp_path / "codes", count=16, grid=(8, 8), num_classes=10, flip=True)
     loaded = load_with_origins([CONFIGS / "demo" / "mergear.yaml"], [f"demo_codes.root={codes}"])
     assert loaded.select("model.params.model.params.preset") == "tiny"
     result = train([CONFIGS / "demo" / "mergear.yaml"],

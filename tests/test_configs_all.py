@@ -72,7 +72,7 @@ SETUP: dict[str, Callable[[Path], None]] = {
     "evaluation/tokenizer.yaml": _imagenet_layout,
     "evaluation/tokenizer_folder.yaml": _image_folders,
     **{f"ar/{name}.yaml": write_codes for name in (*_AR_VARIANTS, "base")},
-    "demo/mergear.yaml": write_codes,
+    "demo/mergear.yaml": lambda root: write_codes(root, grid=(8, 8), num_classes=10, flip=True),
 }
 
 OVERRIDES: dict[str, list[str]] = {
