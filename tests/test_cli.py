@@ -50,3 +50,21 @@ def test_configs_root_is_the_checkout_in_a_source_tree(monkeypatch):
     assert resolve_config("data/demo") == configs_root() / "data" / "demo.yaml"
     monkeypatch.setenv("MERGEVQ_CONFIGS", "/elsewhere")
     assert str(configs_root()) == "/elsewhere"
+
+
+def test_overrides_may_follow_options():
+    from mergevq.cli import parse
+
+    args = parse(["train", "demo/mergear", "a.b=1", "--run-dir", "R", "trainer.max_steps=5"])
+    assert args.items == ["demo/mergear", "a.b=1", "trainer.max_steps=5"] and args.run_dir == "R"
+    args = parse(["evaluate-tokenizer", "TOK", "x=1", "--demo", "eval.batch_size=4"])
+    assert args.tokenizer == "TOK" and args.items == ["x=1", "eval.batch_size=4"] and args.demo
+
+
+@pytest.mark.parametrize("argv", [["train", "demo/mergear", "--bogus", "x=1"], ["export", "RUN", "extra"]])
+def test_unknown_arguments_are_still_errors(argv, capsys):
+    from mergevq.cli import parse
+
+    with pytest.raises(SystemExit) as exit_info:
+        parse(argv)
+    assert exit_info.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err

@@ -60,8 +60,27 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     return (MergeVQError, DataError)
 
 
+# A subcommand whose positionals end in a KEY=VALUE list names that list's dest here (via
+# ``set_defaults(trailing_items=...)``), so overrides may also follow its options:
+# ``mergevq train demo/mergear --run-dir R trainer.max_steps=5``. argparse alone reads positionals as
+# one run and would reject the items after an option.
+TRAILING_ITEMS = "trailing_items"
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        dest = getattr(args, TRAILING_ITEMS, None)
+        options = [e for e in extra if e.startswith("-")]
+        if dest is None or options:
+            parser.error(f"unrecognized arguments: {' '.join(options or extra)}")
+        getattr(args, dest).extend(extra)
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         return int(args.run(args) or 0)
     except _user_error_types() as err:

@@ -60,7 +60,7 @@ def add_parser(subparsers) -> None:
                         help="sampling temperature for the demo samples (default: 0.7; 0 = greedy)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. demo_data.resolution=64")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, trailing_items="overrides")
 
 
 def _epoch(loader) -> dict:

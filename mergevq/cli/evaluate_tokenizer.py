@@ -4,8 +4,7 @@ tokenizer over a validation set, for a sweep of kept-token counts K (DESIGN §6)
     mergevq evaluate-tokenizer [--num-keep 256,196,144] [--folder PATH | --demo] [--out DIR] [--raw]
                                TOKENIZER [CONFIG ...] [KEY=VALUE ...]
 
-(options go before TOKENIZER or after the last KEY=VALUE, not between them: argparse reads the
-positional arguments as one group.)
+(options may come anywhere; KEY=VALUE overrides may also follow them.)
 
 TOKENIZER: an exported folder, a ``mergevq train`` run directory (newest checkpoint, EMA weights
 unless --raw) or a checkpoint file. The data and settings come from ``configs/evaluation/
@@ -59,7 +58,7 @@ def add_parser(subparsers) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
     parser.add_argument("--out", default=None, help="output folder (default: eval_tokenizer/ next to TOKENIZER)")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, trailing_items="items")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ The data set: ImageNet train (``--config extract/imagenet``, the default; set
 Re-running the same command is a no-op (an interrupted run resumes at the missing shards); OUT_DIR
 written with another tokenizer, K candidates, seed, flip or data set is refused unless --force. Under
 torchrun (scripts/train_autoregressive/extract_codes.sh) each process encodes one contiguous slice.
-Options go before TOKENIZER or after the last KEY=VALUE (argparse reads the positionals in one run).
+Options may come anywhere; KEY=VALUE overrides may also follow them.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def add_parser(subparsers) -> None:
                         help=f"any folder of images; class sub-folders give labels ({_FOLDER_CONFIG})")
     parser.add_argument("--raw", action="store_true", help="a run directory / checkpoint's raw weights instead of the EMA")
     parser.add_argument("--force", action="store_true", help="overwrite OUT_DIR written by another extraction")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, trailing_items="overrides")
 
 
 @dataclass(frozen=True)

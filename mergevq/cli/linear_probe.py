@@ -37,7 +37,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--feature", default=None, metavar="cls|mean", help="feature (probe.feature)")
     parser.add_argument("--out", default=None, metavar="FILE.json", help="where to write the result JSON")
     parser.add_argument("--raw", action="store_true", help="probe the raw weights of a run instead of the EMA")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, trailing_items="items")
 
 
 def _settings(loaded):

@@ -25,7 +25,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", required=True, metavar="OUT_DIR", help="output folder")
     parser.add_argument("--group-scale", type=int, default=None, metavar="N",
                         help="pixel repetition of the merge-group pictures (default: about 256 px wide)")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, trailing_items="items")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--run-dir", default=None, help="run directory (default: runs/<run.name>)")
     parser.add_argument("--resume", default=None, metavar="auto|PATH",
                         help="auto: the newest complete checkpoint of the run directory; or a checkpoint file")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, trailing_items="items")
 
 
 def split_items(items: list[str]) -> tuple[list[str], list[str]]:
