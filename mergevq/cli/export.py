@@ -36,7 +36,12 @@ def trained_module(run_dir: str, checkpoint: str | None) -> type:
     train), else from the embedded config of the checkpoint (``checkpoint`` or the run's newest)."""
     from mergevq.config import CONFIG_FILENAME, from_yaml
     from mergevq.errors import ConfigError
-    from mergevq.training.checkpoint import CHECKPOINT_DIR, CONFIG_KEY, find_resume_checkpoint, load_checkpoint_file
+    from mergevq.training.checkpoint import (
+        CHECKPOINT_DIR,
+        CONFIG_KEY,
+        find_resume_checkpoint,
+        load_checkpoint_file,
+    )
 
     saved = Path(run_dir) / CONFIG_FILENAME
     if saved.is_file():
