@@ -28,3 +28,25 @@ def atomic_write(path: str | os.PathLike, *, text: bool = False) -> Iterator[IO]
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def load_weights_strict(module, weights_path: Path, *, config_path: Path, map_location: str = "cpu") -> None:
+    """Load the safetensors file ``weights_path`` into ``module`` (built from ``config_path``): every
+    key present, no extra key, every shape right. Any failure is one ``WeightsError`` line naming both
+    files, so a corrupt or mismatched export never loads half-way."""
+    from safetensors.torch import load_file
+
+    from mergevq.errors import WeightsError
+
+    try:
+        state = load_file(str(weights_path), device=str(map_location))
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for corrupt files
+        raise WeightsError(f"cannot read {weights_path}: {err}") from None
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        first = str(err).strip().splitlines()[-1].strip()
+        raise WeightsError(f"{weights_path} does not match {config_path}: {first}") from None
+    if missing or unexpected:
+        raise WeightsError(f"{weights_path} does not match {config_path}: missing {sorted(missing)[:5]}, "
+                           f"unexpected {sorted(unexpected)[:5]}")

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from mergevq.ar.kv_cache import KVCache
 from mergevq.ar.mask import MaskPolicy
 from mergevq.errors import ConfigError, WeightsError
-from mergevq.fileio import atomic_write
+from mergevq.fileio import atomic_write, load_weights_strict
 from mergevq.layers.mlp import SwiGLU, swiglu_hidden
 from mergevq.layers.norms import RMSNorm
 from mergevq.layers.rope import RopeTable, apply_rope, rope_1d, rope_2d
@@ -410,7 +410,6 @@ class MergeAR(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> MergeAR:
         """Build from ``config.json`` and load ``model.safetensors`` strictly; returns the model in eval mode."""
-        from safetensors.torch import load_file
 
         directory = Path(directory)
         config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
@@ -425,16 +424,5 @@ class MergeAR(nn.Module):
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
             raise WeightsError(f"{config_path} is not a MergeAR config ({err})") from None
         model = cls(config=config_from_dict(model_cfg, source=str(config_path)))
-        try:
-            state = load_file(str(weights_path), device=str(map_location))
-        except Exception as err:  # safetensors raises its own error types for corrupt files
-            raise WeightsError(f"cannot read {weights_path}: {err}") from None
-        try:
-            missing, unexpected = model.load_state_dict(state, strict=False)
-        except RuntimeError as err:  # shape mismatches
-            first = str(err).strip().splitlines()[-1].strip()
-            raise WeightsError(f"{weights_path} does not match {config_path}: {first}") from None
-        if missing or unexpected:
-            raise WeightsError(f"{weights_path} does not match {config_path}: missing {sorted(missing)[:5]}, "
-                               f"unexpected {sorted(unexpected)[:5]}")
+        load_weights_strict(model, weights_path, config_path=config_path, map_location=map_location)
         return model.to(map_location).eval()

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from mergevq.data.datamodule import accelerator_present
 from mergevq.data.samplers import EpochShuffleSampler
 from mergevq.errors import ConfigError
 from mergevq.fileio import atomic_write
@@ -363,13 +364,6 @@ class CodesDataset(Dataset):
             np.zeros(0, np.int64)
 
 
-def _accelerator_present() -> bool:
-    accelerator = getattr(torch, "accelerator", None)
-    if accelerator is not None and hasattr(accelerator, "is_available"):
-        return bool(accelerator.is_available())
-    return torch.cuda.is_available()
-
-
 class CodesDataModule(pl.LightningDataModule):
     """Train / validation loaders over code data sets (usually :class:`CodesDataset`).
 
@@ -396,7 +390,7 @@ class CodesDataModule(pl.LightningDataModule):
         return DataLoader(
             dataset, batch_size=self.batch_size, drop_last=train,
             sampler=EpochShuffleSampler(length=len(dataset), seed=self.seed) if train else None,
-            num_workers=self.num_workers, pin_memory=_accelerator_present(),
+            num_workers=self.num_workers, pin_memory=accelerator_present(),
             persistent_workers=self.num_workers > 0,
         )
 

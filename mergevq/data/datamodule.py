@@ -24,10 +24,11 @@ from torch.utils.data import DataLoader, Dataset
 from mergevq.errors import ConfigError
 from taming.data.base import collate_skip_none
 
-__all__ = ["ImageDataModule"]
+__all__ = ["ImageDataModule", "accelerator_present"]
 
 
-def _accelerator_present() -> bool:
+def accelerator_present() -> bool:
+    """Whether torch sees an accelerator (pinned host memory only helps then)."""
     accelerator = getattr(torch, "accelerator", None)
     if accelerator is not None and hasattr(accelerator, "is_available"):
         return bool(accelerator.is_available())
@@ -87,7 +88,7 @@ class ImageDataModule(pl.LightningDataModule):
             drop_last=self.drop_last if train else False,
             num_workers=workers,
             collate_fn=collate_skip_none,
-            pin_memory=self.pin_memory and _accelerator_present(),
+            pin_memory=self.pin_memory and accelerator_present(),
             persistent_workers=self.persistent_workers and workers > 0,
         )
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from mergevq.errors import ConfigError, WeightsError
-from mergevq.fileio import atomic_write
+from mergevq.fileio import atomic_write, load_weights_strict
 from mergevq.tokenizer.alignment import ClsHead
 from mergevq.tokenizer.decoder import Decoder
 from mergevq.tokenizer.encoder import CNNStem, MergingEncoder, PatchStem
@@ -378,7 +378,6 @@ class MergeVQ(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> MergeVQ:
         """Build from ``config.json`` and load ``model.safetensors`` strictly (no training code)."""
-        from safetensors.torch import load_file
 
         directory = Path(directory)
         config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
@@ -393,18 +392,5 @@ class MergeVQ(nn.Module):
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise WeightsError(f"{config_path} is not a MergeVQ config ({err})") from None
         model = cls(config=_config_from_dict(model_cfg, source=str(config_path)))
-        try:
-            state = load_file(str(weights_path), device=str(map_location))
-        except Exception as err:  # safetensors raises its own error types for corrupt files
-            raise WeightsError(f"cannot read {weights_path}: {err}") from None
-        try:
-            missing, unexpected = model.load_state_dict(state, strict=False)
-        except RuntimeError as err:  # shape mismatches
-            first = str(err).strip().splitlines()[-1].strip()
-            raise WeightsError(f"{weights_path} does not match {config_path}: {first}") from None
-        if missing or unexpected:
-            raise WeightsError(
-                f"{weights_path} does not match {config_path}: missing {sorted(missing)[:5]}, "
-                f"unexpected {sorted(unexpected)[:5]}"
-            )
+        load_weights_strict(model, weights_path, config_path=config_path, map_location=map_location)
         return model.to(map_location)
