@@ -12,11 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from mergevq.ar.model import CONFIG_FILE, MergeAR, MergeARConfig
-from mergevq.config import from_yaml, instantiate
-from mergevq.errors import ConfigError, TrainingError
+from mergevq.errors import ConfigError
 
 __all__ = ["EXPORT_DIR", "export_mergear", "load_mergear", "mergear_from_checkpoint"]
 
@@ -28,38 +25,10 @@ _PREFIX = "model."
 def mergear_from_checkpoint(checkpoint: str | os.PathLike, *, raw: bool = False) -> MergeAR:
     """The MergeAR of a Stage 2 ``mergevq train`` checkpoint (EMA weights when present, unless
     ``raw``), in eval mode on the CPU."""
-    from mergevq.training.callbacks import EMA_STATE_KEY
-    from mergevq.training.checkpoint import CONFIG_KEY, is_complete_checkpoint, load_checkpoint_file
+    from mergevq.training.checkpoint import model_from_checkpoint
 
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise ConfigError(f"checkpoint file not found: {path}")
-    if not is_complete_checkpoint(path):
-        raise TrainingError(f"{path} is incomplete or not a torch checkpoint")
-    state = load_checkpoint_file(path)
-    if CONFIG_KEY not in state:
-        raise TrainingError(f"{path} has no embedded config ({CONFIG_KEY}): not written by mergevq train")
-    cfg = from_yaml(state[CONFIG_KEY], source=f"{path}:{CONFIG_KEY}")
-    node = OmegaConf.select(cfg, _MODEL_NODE, throw_on_missing=False)
-    if node is None:
-        raise TrainingError(f"{path}: the embedded config has no {_MODEL_NODE} (not a MergeAR training run)")
-    config = instantiate(node, key=_MODEL_NODE)
-    if not isinstance(config, MergeARConfig):
-        raise TrainingError(f"{path}: {_MODEL_NODE} does not build a MergeAR config")
-    use_ema = not raw and state.get(EMA_STATE_KEY) is not None
-    if use_ema:
-        weights = state[EMA_STATE_KEY]
-    else:
-        weights = {k[len(_PREFIX):]: v for k, v in state["state_dict"].items() if k.startswith(_PREFIX)}
-    model = MergeAR(config=config)
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise TrainingError(
-            f"{path}: the {'EMA' if use_ema else 'raw'} weights do not fit the embedded config: {first}"
-        ) from None
-    return model.eval()
+    return model_from_checkpoint(checkpoint, node=_MODEL_NODE, prefix=_PREFIX, model_type=MergeAR,
+                                 config_type=MergeARConfig, raw=raw, ema_required=False)
 
 
 def _newest_checkpoint(run_dir: Path) -> Path:

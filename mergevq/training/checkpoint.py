@@ -42,6 +42,7 @@ __all__ = [
     "is_complete_checkpoint",
     "list_checkpoints",
     "load_checkpoint_file",
+    "model_from_checkpoint",
     "resolve_resume",
 ]
 
@@ -190,3 +191,45 @@ class PeriodicCheckpoint(Checkpoint):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_last_batch:  # not when max_steps stopped the epoch early: saved at that batch
             self._save(trainer, pl_module, epoch_end=True)
+
+
+def model_from_checkpoint(checkpoint: str | os.PathLike, *, node: str, prefix: str, model_type: type,
+                          config_type: type, raw: bool, ema_required: bool) -> torch.nn.Module:
+    """The model a ``mergevq train`` checkpoint holds, in eval mode on the CPU: built as
+    ``model_type(config=...)`` from the embedded config's ``node`` (which must build a ``config_type``),
+    with the EMA weights unless ``raw``. A checkpoint without EMA weights is an error when
+    ``ema_required``, else its raw weights (the Lightning state dict's keys under ``prefix``) are used."""
+    from omegaconf import OmegaConf
+
+    from mergevq.config import from_yaml, instantiate
+    from mergevq.training.callbacks import EMA_STATE_KEY
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint file not found: {path}")
+    if not is_complete_checkpoint(path):
+        raise TrainingError(f"{path} is incomplete or not a torch checkpoint")
+    state = load_checkpoint_file(path)
+    if CONFIG_KEY not in state:
+        raise TrainingError(f"{path} has no embedded config ({CONFIG_KEY}): not written by mergevq train")
+    cfg = from_yaml(state[CONFIG_KEY], source=f"{path}:{CONFIG_KEY}")
+    config_node = OmegaConf.select(cfg, node, throw_on_missing=False)
+    if config_node is None:
+        raise TrainingError(f"{path}: the embedded config has no {node} (not a {model_type.__name__} training run)")
+    config = instantiate(config_node, key=node)
+    if not isinstance(config, config_type):
+        raise TrainingError(f"{path}: {node} does not build a {config_type.__name__}")
+    has_ema = state.get(EMA_STATE_KEY) is not None
+    if not raw and not has_ema and ema_required:
+        raise TrainingError(f"{path} has no EMA weights ({EMA_STATE_KEY}); export the raw weights with --raw")
+    use_ema = not raw and has_ema
+    weights = state[EMA_STATE_KEY] if use_ema else {
+        k[len(prefix):]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
+    model = model_type(config=config)
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise TrainingError(
+            f"{path}: the {'EMA' if use_ema else 'raw'} weights do not fit the embedded config: {first}") from None
+    return model.eval()

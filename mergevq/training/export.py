@@ -8,8 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mergevq.config import from_yaml, instantiate
-from mergevq.errors import ConfigError, TrainingError
+from mergevq.errors import ConfigError
 from mergevq.tokenizer.model import MergeVQ, MergeVQConfig
 
 __all__ = ["ExportResult", "export_tokenizer", "load_tokenizer", "tokenizer_from_checkpoint"]
@@ -27,44 +26,10 @@ class ExportResult:
 
 def tokenizer_from_checkpoint(checkpoint: str | os.PathLike, *, raw: bool = False) -> MergeVQ:
     """The tokenizer of a ``mergevq train`` checkpoint with its EMA (default) or raw weights."""
-    from mergevq.training.callbacks import EMA_STATE_KEY
-    from mergevq.training.checkpoint import CONFIG_KEY, is_complete_checkpoint, load_checkpoint_file
+    from mergevq.training.checkpoint import model_from_checkpoint
 
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise ConfigError(f"checkpoint file not found: {path}")
-    if not is_complete_checkpoint(path):
-        raise TrainingError(f"{path} is incomplete or not a torch checkpoint")
-    state = load_checkpoint_file(path)
-    if CONFIG_KEY not in state:
-        raise TrainingError(f"{path} has no embedded config ({CONFIG_KEY}): not written by mergevq train")
-    cfg = from_yaml(state[CONFIG_KEY], source=f"{path}:{CONFIG_KEY}")
-    node = _select(cfg, _TOKENIZER_NODE, path)
-    config = instantiate(node, key=_TOKENIZER_NODE)
-    if not isinstance(config, MergeVQConfig):
-        raise TrainingError(f"{path}: {_TOKENIZER_NODE} does not build a MergeVQ config")
-    if raw:
-        weights = {k[len(_PREFIX):]: v for k, v in state["state_dict"].items() if k.startswith(_PREFIX)}
-    else:
-        if EMA_STATE_KEY not in state:
-            raise TrainingError(f"{path} has no EMA weights ({EMA_STATE_KEY}); export the raw weights with --raw")
-        weights = state[EMA_STATE_KEY]
-    model = MergeVQ(config=config)
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise TrainingError(f"{path}: the {'raw' if raw else 'EMA'} weights do not fit the embedded config: {first}") from None
-    return model.eval()
-
-
-def _select(cfg, key: str, path: Path):
-    from omegaconf import OmegaConf
-
-    node = OmegaConf.select(cfg, key, throw_on_missing=False)
-    if node is None:
-        raise TrainingError(f"{path}: the embedded config has no {key}")
-    return node
+    return model_from_checkpoint(checkpoint, node=_TOKENIZER_NODE, prefix=_PREFIX, model_type=MergeVQ,
+                                 config_type=MergeVQConfig, raw=raw, ema_required=True)
 
 
 def export_tokenizer(
