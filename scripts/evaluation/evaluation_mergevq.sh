@@ -21,6 +21,7 @@
 #   MERGEVQ_DRY_RUN=1  print the launch line on stdout and exit without running it
 #   MERGEVQ_SUBCOMMAND internal: the mergevq command (scripts/inference/reconstruct.sh sets `reconstruct`)
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../_launch_lib.sh"
 
 command=${MERGEVQ_SUBCOMMAND:-evaluate-tokenizer}
 script=$([[ $command == reconstruct ]] && echo reconstruct.sh || echo evaluation_mergevq.sh)
@@ -34,23 +35,6 @@ usage() {
 }
 die_usage() { echo "$script: error: $1" >&2; usage >&2; exit 2; }
 
-count_local_devices() {
-  local var list n
-  local -a ids
-  for var in CUDA_VISIBLE_DEVICES ASCEND_RT_VISIBLE_DEVICES; do
-    list=${!var:-}
-    if [[ -n $list ]]; then
-      IFS=, read -r -a ids <<<"$list"
-      echo "${#ids[@]}"
-      return
-    fi
-  done
-  if command -v nvidia-smi >/dev/null 2>&1; then
-    n=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
-    if [[ $n =~ ^[1-9][0-9]*$ ]]; then echo "$n"; return; fi
-  fi
-  echo 1
-}
 
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then usage; exit 0; fi
 (($# >= 1)) || die_usage "expected RUN_DIR"
@@ -86,11 +70,4 @@ python=${MERGEVQ_PYTHON:-python}
 cmd=("$python" -m torch.distributed.run --standalone --nnodes=1 "--nproc_per_node=$devices"
      -m mergevq "$command" ${options[@]+"${options[@]}"} "$run_dir" ${positionals[@]+"${positionals[@]}"})
 
-line=$(printf '%q ' "${cmd[@]}")
-line=${line% }
-if [[ -n ${MERGEVQ_DRY_RUN:-} && ${MERGEVQ_DRY_RUN} != 0 ]]; then
-  echo "$line"
-  exit 0
-fi
-echo "$script: $line" >&2
-exec "${cmd[@]}"
+run_or_print "$script" "${cmd[@]}"

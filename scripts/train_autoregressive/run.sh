@@ -22,6 +22,7 @@
 #                          (e.g. configs/trainer/npu8_bf16.yaml for Ascend NPUs)
 #   MERGEVQ_DRY_RUN=1      print the launch line on stdout and exit without running it
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../_launch_lib.sh"
 
 script=run.sh
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -39,7 +40,6 @@ die_usage() {
   exit 2
 }
 
-is_count() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
 
 if [[ ${1:-} == -h || ${1:-} == --help ]]; then
   usage
@@ -82,11 +82,4 @@ cmd=("$python" -m torch.distributed.run "--nnodes=$nnodes" "--nproc_per_node=$de
      "--node_rank=$rank" "--master_addr=$addr" "--master_port=$port"
      -m mergevq train "$config" ${extra[@]+"${extra[@]}"} "trainer.num_nodes=$nnodes" "trainer.devices=$devices" "$@")
 
-line=$(printf '%q ' "${cmd[@]}")
-line=${line% }
-if [[ -n ${MERGEVQ_DRY_RUN:-} && ${MERGEVQ_DRY_RUN} != 0 ]]; then
-  echo "$line"
-  exit 0
-fi
-echo "$script: $line" >&2
-exec "${cmd[@]}"
+run_or_print "$script" "${cmd[@]}"

@@ -30,6 +30,7 @@
 #                          (e.g. configs/trainer/npu8_bf16.yaml, or your own overrides file)
 #   MERGEVQ_DRY_RUN=1      print the launch line on stdout and exit without running it
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../_launch_lib.sh"
 
 usage() {
   local script=$1 mode=$2
@@ -51,29 +52,6 @@ die_usage() {
   exit 2
 }
 
-is_count() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
-
-count_local_devices() {
-  local var list n
-  local -a ids
-  for var in CUDA_VISIBLE_DEVICES ASCEND_RT_VISIBLE_DEVICES; do
-    list=${!var:-}
-    if [[ -n $list ]]; then
-      IFS=, read -r -a ids <<<"$list"
-      echo "${#ids[@]}"
-      return
-    fi
-  done
-  if command -v nvidia-smi >/dev/null 2>&1; then
-    n=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
-    if is_count "$n"; then echo "$n"; return; fi
-  fi
-  if command -v npu-smi >/dev/null 2>&1; then
-    n=$(npu-smi info -l 2>/dev/null | awk -F: '/Total Count/ {gsub(/[[:space:]]/, "", $2); print $2; exit}')
-    if is_count "${n:-}"; then echo "$n"; return; fi
-  fi
-  echo 1
-}
 
 if (($# < 2)) || [[ $1 != single && $1 != multi ]]; then
   echo "_launch.sh: internal use: _launch.sh single|multi VARIANT [ARGS...]" >&2
@@ -138,11 +116,4 @@ else
   cmd=("$python" -m torch.distributed.run --standalone --nnodes=1 "--nproc_per_node=$devices" -m "${train[@]}")
 fi
 
-line=$(printf '%q ' "${cmd[@]}")
-line=${line% }
-if [[ ${MERGEVQ_DRY_RUN:-0} != 0 && -n ${MERGEVQ_DRY_RUN:-} ]]; then
-  echo "$line"
-  exit 0
-fi
-echo "$script: $line" >&2
-exec "${cmd[@]}"
+run_or_print "$script" "${cmd[@]}"
