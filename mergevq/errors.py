@@ -20,3 +20,7 @@ class WeightsError(MergeVQError):
 
 class TrainingError(MergeVQError):
     """Training cannot go on (e.g. too many non-finite losses in a row) or cannot resume."""
+
+
+class OutputError(MergeVQError):
+    """An output folder or file cannot be used without mixing or losing earlier results."""

@@ -4,10 +4,35 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+
+_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{6,}\.tmp$")
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is the temporary file of an :func:`atomic_write` (``.<target>.<random>.tmp``):
+    one that a killed process left behind, since a finished or failed write removes it."""
+    return bool(_TEMP_NAME.match(name))
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the :func:`atomic_write` temporary files directly in ``folder`` (left by a process that
+    was killed mid-write; call it before anything writes there). Returns what was removed."""
+    directory = Path(folder)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for entry in directory.iterdir():
+        if is_temp_name(entry.name) and entry.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+            removed.append(entry)
+    return sorted(removed)
 
 
 @contextlib.contextmanager

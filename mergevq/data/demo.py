@@ -392,8 +392,8 @@ class DemoImages(Dataset):
 
     Item: ``{"image": float32 (3, H, W) in [-1, 1], "class_label": int64 scalar tensor,
     "index": int}``. ``classes`` lists the photo names (class id = position), ``num_classes`` = 10.
-    ``flip`` mirrors an item horizontally with probability 1/2 (torch's global RNG, so DataLoader
-    workers seed it).
+    ``flip`` mirrors an item horizontally with probability 1/2, drawn from the generator given to
+    :meth:`get` (the global torch RNG through ``dataset[i]``).
     """
 
     def __init__(
@@ -429,9 +429,13 @@ class DemoImages(Dataset):
         return int(self.images.shape[0])
 
     def __getitem__(self, index: int) -> dict[str, object]:
+        return self.get(index)
+
+    def get(self, index: int, *, generator: torch.Generator | None = None) -> dict[str, object]:
+        """Item ``index``; the flip draws from ``generator`` (the global torch RNG when None)."""
         image = torch.from_numpy(self.images[index]).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
         image = image.to(torch.float32) / 127.5 - 1.0
-        if self.flip and bool(torch.rand(()) < 0.5):
+        if self.flip and bool(torch.rand((), generator=generator) < 0.5):
             image = image.flip(-1)
         return {
             "image": image,

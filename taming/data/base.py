@@ -29,7 +29,7 @@ __all__ = ["ImagePaths", "Skipped", "collate_skip_none", "read_filelist", "UNLAB
 UNLABELLED = -1
 """``class_label`` of an image without a class (unlabelled folders)."""
 
-Transform = Callable[[Image.Image], "torch.Tensor | dict[str, torch.Tensor]"]
+Transform = Callable[[Image.Image, "torch.Generator | None"], "torch.Tensor | dict[str, torch.Tensor]"]
 
 
 @dataclass(frozen=True)
@@ -90,11 +90,17 @@ class ImagePaths(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict[str, Any] | Skipped:
+        return self.get(index)
+
+    def get(self, index: int, *, generator: torch.Generator | None = None) -> dict[str, Any] | Skipped:
+        """Sample ``index``; the transform draws its randomness from ``generator`` (the global torch
+        RNG when None). A seeded generator per sample makes the sample independent of the worker
+        that loads it and of what was loaded before, which an exact resume needs."""
         path = self.paths[index]
         img = load_rgb(path)
         if img is None:
             return Skipped(path=path, index=int(index))
-        out = self.transform(img)
+        out = self.transform(img, generator)
         sample: dict[str, Any] = dict(out) if isinstance(out, dict) else {"image": out}
         label = UNLABELLED if self.labels is None else self.labels[index]
         sample["class_label"] = torch.tensor(label, dtype=torch.int64)
