@@ -60,8 +60,14 @@ def test_skips_are_counted_through_a_dataloader(mixed_folder, num_workers):
 
 
 def test_all_skipped_batch_has_only_the_counts():
-    batch = collate_skip_none([Skipped(path="a.jpg", index=0), None])
-    assert batch == {"num_skipped": 2, "skipped_paths": ["a.jpg"]}
+    big = Skipped(path="b.png", index=1, reason="oversize", detail="9000x9000 px, over the 40 Mpx limit")
+    batch = collate_skip_none([Skipped(path="a.jpg", index=0), None, big])
+    assert batch == {
+        "num_skipped": 3,
+        "skipped_paths": ["a.jpg", "b.png"],
+        "skipped_reasons": ["unreadable", "oversize"],
+        "skipped_details": ["", "9000x9000 px, over the 40 Mpx limit"],
+    }
 
 
 def test_only_corrupt_files_is_an_error(tmp_path):
@@ -86,8 +92,8 @@ def test_readability_probe_stops_at_first_success(tmp_path, monkeypatch):
     import taming.data.base as base
 
     calls = []
-    real = base.load_rgb
-    monkeypatch.setattr(base, "load_rgb", lambda p: calls.append(p) or real(p))
+    real = base.decode_rgb
+    monkeypatch.setattr(base, "decode_rgb", lambda p, max_pixels: calls.append(p) or real(p, max_pixels=max_pixels))
     ImageFolder(root=str(tmp_path))
     assert len(calls) == 1
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from taming.data.base import ImagePaths, read_filelist
+from taming.data.base import DEFAULT_MAX_PIXELS, ImagePaths, check_max_pixels, read_filelist
 from taming.data.errors import DataError
 from taming.data.transforms import ImageTransform, MultiView
 
@@ -70,6 +70,8 @@ class ImageFolder(ImagePaths):
         labels: True = class from the immediate sub-folder (every image must be in one);
             False = unlabelled (-1); None = infer (see module docstring).
         view_size: side of the teacher/student views (224 for DINOv2 ViT-B/14).
+        max_pixels: images whose header declares more pixels are skipped (reason ``oversize``)
+            before decoding, which bounds a loader worker's memory; None = Pillow's own limit.
     """
 
     def __init__(
@@ -84,7 +86,9 @@ class ImageFolder(ImagePaths):
         extensions: Sequence[str] = DEFAULT_EXTENSIONS,
         labels: bool | None = None,
         view_size: int = 224,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
+        check_max_pixels(max_pixels)  # before the scan, which can take long
         root = os.path.expanduser(str(root))
         if not os.path.isdir(root):
             raise DataError(f"image folder not found: {root} (expected a folder of images)")
@@ -127,4 +131,5 @@ class ImageFolder(ImagePaths):
                 size=size, views=views, random_crop=random_crop, flip=flip, view_size=view_size
             ),
             root=root,
+            max_pixels=max_pixels,
         )

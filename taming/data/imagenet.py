@@ -25,7 +25,7 @@ import os
 import tempfile
 from typing import ClassVar
 
-from taming.data.base import ImagePaths, read_filelist
+from taming.data.base import DEFAULT_MAX_PIXELS, ImagePaths, check_max_pixels, read_filelist
 from taming.data.errors import DataError
 from taming.data.folder import make_transform
 
@@ -141,7 +141,9 @@ class _ImageNetSplit(ImagePaths):
         flip: bool,
         filelist: str | None,
         view_size: int,
+        max_pixels: int | None,
     ) -> None:
+        check_max_pixels(max_pixels)  # before a scan of 1.28M files, not after
         root = os.path.abspath(os.path.expanduser(str(root)))
         split_dir = os.path.join(root, self.split)
         if not os.path.isdir(split_dir):
@@ -174,6 +176,7 @@ class _ImageNetSplit(ImagePaths):
                 size=size, views=views, random_crop=random_crop, flip=flip, view_size=view_size
             ),
             root=split_dir,
+            max_pixels=max_pixels,
         )
 
 
@@ -181,7 +184,8 @@ class ImageNetTrain(_ImageNetSplit):
     """ImageNet train split (``root/train``); random crop + flip by default.
 
     ``filelist``: optional text file of ``<wnid>/<file>`` paths relative to ``root/train`` (e.g.
-    a 1% subset) used instead of the scan and its cache.
+    a 1% subset) used instead of the scan and its cache. ``max_pixels``: larger images are
+    skipped before decoding (None = Pillow's own limit; see ``taming.data.image_io``).
     """
 
     split = "train"
@@ -197,15 +201,18 @@ class ImageNetTrain(_ImageNetSplit):
         flip: bool = True,
         filelist: str | None = None,
         view_size: int = 224,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         super().__init__(
             root=root, cachedir=cachedir, size=size, views=views, random_crop=random_crop,
-            flip=flip, filelist=filelist, view_size=view_size,
+            flip=flip, filelist=filelist, view_size=view_size, max_pixels=max_pixels,
         )  # fmt: skip
 
 
 class ImageNetValidation(_ImageNetSplit):
-    """ImageNet validation split (``root/val``); centre crop, no flip by default (evaluation)."""
+    """ImageNet validation split (``root/val``); centre crop, no flip by default (evaluation).
+
+    Same options as ``ImageNetTrain``."""
 
     split = "val"
 
@@ -220,8 +227,9 @@ class ImageNetValidation(_ImageNetSplit):
         flip: bool = False,
         filelist: str | None = None,
         view_size: int = 224,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         super().__init__(
             root=root, cachedir=cachedir, size=size, views=views, random_crop=random_crop,
-            flip=flip, filelist=filelist, view_size=view_size,
+            flip=flip, filelist=filelist, view_size=view_size, max_pixels=max_pixels,
         )  # fmt: skip
