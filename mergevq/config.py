@@ -15,8 +15,14 @@ Conventions
   ``=1e-4`` is a float); ``key=`` sets the empty string.
 * :func:`instantiate` imports ``target``, builds nested nodes inside ``params`` depth-first
   (lists element-wise; other mappings become plain dicts, so constructors only ever see plain
-  Python values) and checks every key of the whole tree against the constructor signatures
-  *before* anything is built. A mapping with a ``target`` key is always an object node.
+  Python values) and checks every key of the whole tree against the constructor signatures, and
+  every value against the parameter's type annotation, *before* anything is built. A mapping with a
+  ``target`` key is always an object node. A ``ConfigError`` / ``ValueError`` a constructor raises
+  about its arguments comes out as one line naming the node's file and key path.
+* Trust: ``allowed`` (a set of exact dotted names, e.g. :data:`mergevq.trust.TRUSTED_TARGETS`)
+  restricts what a config may build; every ``target`` of the tree is checked against it before
+  anything is imported. Configs read from checkpoints, run or export folders pass it
+  (:func:`from_yaml_with_origins` gives them a source for messages); YAML from the user does not.
 * The resolved config is written to ``<run_dir>/config.yaml`` with :func:`save` (atomically).
 
 Provenance (which file set which key) is returned, never stashed in global state:
@@ -35,6 +41,7 @@ one-line message naming the file, the key path and what is expected.
 
 from __future__ import annotations
 
+import collections.abc as abc
 import contextlib
 import difflib
 import importlib
@@ -42,9 +49,12 @@ import inspect
 import os
 import pkgutil
 import re
+import types
+import typing
 from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Union
 
 import yaml
@@ -58,7 +68,9 @@ __all__ = [
     "COMMAND_LINE",
     "CONFIG_FILENAME",
     "LoadedConfig",
+    "check_types",
     "from_yaml",
+    "from_yaml_with_origins",
     "instantiate",
     "load",
     "load_with_origins",
@@ -442,13 +454,31 @@ class LoadedConfig:
         except OmegaConfBaseException as exc:
             raise _error(f"{self.origin(key)}: key '{key}' cannot be resolved: {exc}") from None
 
-    def validate(self, key: str) -> None:
-        """Check the node at ``key`` (targets import, keys match signatures); build nothing."""
-        validate(self.select(key), key=key, origins=self.origins)
+    def validate(self, key: str, *, allowed: AbstractSet[str] | None = None) -> None:
+        """Check the node at ``key`` (targets import, keys match signatures, values match
+        annotations); build nothing. ``allowed``: see :func:`instantiate`."""
+        validate(self.select(key), key=key, origins=self.origins, allowed=allowed)
 
-    def instantiate(self, key: str, *, extra: Mapping[str, Any] | None = None) -> Any:
+    def instantiate(
+        self,
+        key: str,
+        *,
+        extra: Mapping[str, Any] | None = None,
+        allowed: AbstractSet[str] | None = None,
+    ) -> Any:
         """Build the object node at ``key``; see :func:`instantiate`."""
-        return instantiate(self.select(key), key=key, origins=self.origins, extra=extra)
+        return instantiate(
+            self.select(key), key=key, origins=self.origins, extra=extra, allowed=allowed
+        )
+
+    def target(self, key: str, *, allowed: AbstractSet[str] | None = None) -> str:
+        """The ``target`` of the object node at ``key``, checked against ``allowed`` (when given)
+        and not imported: for a caller that only needs to know what a config would build."""
+        node = _as_node(self.select(key), key)
+        target, _ = _node_parts(node, key, self.origins)
+        if allowed is not None:
+            _refuse_unless_allowed(target, _join(key, "target"), self.origins, allowed)
+        return target
 
 
 def load_with_origins(
@@ -493,6 +523,15 @@ def from_yaml(text: str, *, source: str = "<string>") -> DictConfig:
             f"{source}: the top level of a config must be a mapping, got {type(data).__name__}"
         )
     return _create(data, source=source)
+
+
+def from_yaml_with_origins(text: str, *, source: str) -> LoadedConfig:
+    """Like :func:`from_yaml`, with every key's origin ``source`` (e.g. ``ckpt:mergevq_config`` or a
+    run folder's ``config.yaml``), so that errors name where the config came from."""
+    cfg = from_yaml(text, source=source)
+    origins: dict[str, str] = {}
+    _record(origins, OmegaConf.to_container(cfg, resolve=False), source)  # type: ignore[arg-type]
+    return LoadedConfig(cfg=cfg, files=(source,), origins=origins)
 
 
 def to_yaml(cfg: DictConfig | Mapping[str, Any]) -> str:
@@ -640,6 +679,258 @@ def _check_keys(
             )
 
 
+# --------------------------------------------------------------------------------------------------
+# trust: what a config may build
+
+
+def _refuse_unless_allowed(
+    target: Any, path: str, origins: Mapping[str, str] | None, allowed: AbstractSet[str]
+) -> None:
+    """``target`` (the value of key ``path``) must be one of ``allowed``; checked before any import."""
+    if isinstance(target, str) and target in allowed:
+        return
+    raise _error(
+        f"{_origin(origins, path)}: key '{path}': refused to build {target!r}: a config read from a "
+        f"checkpoint, run folder or export folder may only name mergevq's own builders "
+        f"(the {len(allowed)} listed in mergevq/trust.py)"
+    )
+
+
+def _check_allowed(
+    value: Any, path: str, origins: Mapping[str, str] | None, allowed: AbstractSet[str]
+) -> None:
+    """Every ``target`` anywhere in ``value`` is in ``allowed`` (nothing is imported)."""
+    if isinstance(value, DictConfig):
+        if "target" in value.keys():
+            key = _join(path, "target")
+            _refuse_unless_allowed(_child(value, "target", key, origins), key, origins, allowed)
+        for name in value.keys():
+            child_path = _join(path, name)
+            _check_allowed(_child(value, name, child_path, origins), child_path, origins, allowed)
+    elif isinstance(value, ListConfig):
+        for index in range(len(value)):
+            child_path = _join(path, index)
+            _check_allowed(_child(value, index, child_path, origins), child_path, origins, allowed)
+
+
+# --------------------------------------------------------------------------------------------------
+# argument types: each value against its parameter's annotation
+
+_NONE_TYPE = type(None)
+_LIST_LIKE = (
+    list, tuple, set, frozenset, abc.Sequence, abc.MutableSequence, abc.Iterable, abc.Collection,
+    abc.Set, abc.MutableSet,
+)
+_MAPPING_LIKE = (dict, abc.Mapping, abc.MutableMapping)
+
+# (key path of the offending value, the value, what was expected); None: the value fits
+_Mismatch = Union[tuple[str, Any, str], None]
+
+
+def _type_hints(fn: Any) -> dict[str, Any]:
+    """The resolved annotations of ``fn``'s parameters (a class: of its ``__init__``). Modules use
+    ``from __future__ import annotations``, so they are strings; one that cannot be resolved is left
+    out (that parameter is not checked) rather than hiding the others."""
+    function = fn.__init__ if inspect.isclass(fn) else fn
+    try:
+        return dict(typing.get_type_hints(function))
+    except Exception:  # noqa: BLE001 - NameError / TypeError of one annotation: resolve one by one
+        pass
+    annotations = getattr(function, "__annotations__", None)
+    if not isinstance(annotations, Mapping):
+        return {}
+    namespace = getattr(inspect.unwrap(function), "__globals__", {})
+    hints: dict[str, Any] = {}
+    for name, annotation in annotations.items():
+        holder = types.SimpleNamespace(__annotations__={name: annotation})
+        with contextlib.suppress(Exception):
+            hints[name] = typing.get_type_hints(holder, globalns=namespace)[name]
+    return hints
+
+
+def _is_object_node(value: Any) -> bool:
+    return isinstance(value, DictConfig) and "target" in value.keys()
+
+
+def _entries(value: Any, path: str, origins: Mapping[str, str] | None) -> list[tuple[Any, Any]]:
+    """(key, resolved value) of a list or mapping, OmegaConf or plain."""
+    if isinstance(value, (DictConfig, ListConfig)):
+        keys = range(len(value)) if isinstance(value, ListConfig) else list(value.keys())
+        return [(k, _child(value, k, _join(path, k), origins)) for k in keys]
+    if isinstance(value, Mapping):
+        return list(value.items())
+    return list(enumerate(value))
+
+
+def _is_path_hint(hint: Any) -> bool:
+    base = typing.get_origin(hint) or hint
+    return base is os.PathLike or (isinstance(base, type) and issubclass(base, PurePath))
+
+
+def _describe(hint: Any) -> str:
+    """What ``hint`` asks for, in the words of a config file."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or hint is object:
+        return "anything"
+    if hint is None or hint is _NONE_TYPE:
+        return "null"
+    if origin is typing.Annotated:
+        return _describe(args[0])
+    if origin in (Union, types.UnionType):
+        return " or ".join(dict.fromkeys(_describe(a) for a in args))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if hint in (bool, int, float, str):
+        return hint.__name__
+    if _is_path_hint(hint):
+        return "a path (str)"
+    base = origin or hint
+    if base in _MAPPING_LIKE:
+        if len(args) == 2 and args[1] not in (Any, object):
+            return f"a mapping of {_describe(args[0])} to {_describe(args[1])}"
+        return "a mapping"
+    if base in _LIST_LIKE:
+        if base is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+            return f"a list of {len(args)} values ({', '.join(_describe(a) for a in args)})"
+        return f"a list of {_describe(args[0])}" if args and args[0] not in (Any, object) else "a list"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _union_mismatch(value: Any, members: Sequence[Any], path: str, hint: Any,
+                    origins: Mapping[str, str] | None) -> _Mismatch:
+    found = []
+    for member in members:
+        mismatch = _mismatch(value, member, path, origins)
+        if mismatch is None:
+            return None
+        found.append(mismatch)
+    # one member has the value's shape and fails inside it (an element): point at that element
+    deeper = [m for m in found if m[0] != path]
+    if len(deeper) == 1:
+        return deeper[0]
+    return path, value, _describe(hint)
+
+
+def _sequence_mismatch(value: Any, base: Any, args: tuple[Any, ...], path: str, hint: Any,
+                       origins: Mapping[str, str] | None) -> _Mismatch:
+    # a YAML list stands for any sequence (tuples included); a string is not a list of anything here
+    if not isinstance(value, (ListConfig, list, tuple)):
+        return path, value, _describe(hint)
+    entries = _entries(value, path, origins)
+    if base is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+        if len(entries) != len(args):
+            return path, value, _describe(hint)
+        element_hints = list(args)
+    else:
+        element_hints = [args[0] if args else Any] * len(entries)
+    for (index, item), element in zip(entries, element_hints):
+        mismatch = _mismatch(item, element, _join(path, index), origins)
+        if mismatch is not None:
+            return mismatch
+    return None
+
+
+def _mapping_mismatch(value: Any, args: tuple[Any, ...], path: str, hint: Any,
+                      origins: Mapping[str, str] | None) -> _Mismatch:
+    if not isinstance(value, (DictConfig, Mapping)):
+        return path, value, _describe(hint)
+    key_hint, value_hint = args if len(args) == 2 else (Any, Any)
+    for key, item in _entries(value, path, origins):
+        if _mismatch(key, key_hint, path, origins) is not None:
+            return path, value, _describe(hint)
+        mismatch = _mismatch(item, value_hint, _join(path, key), origins)
+        if mismatch is not None:
+            return mismatch
+    return None
+
+
+def _mismatch(value: Any, hint: Any, path: str, origins: Mapping[str, str] | None) -> _Mismatch:
+    """None when ``value`` (at key ``path``) fits the annotation ``hint``; else where and why not.
+    What cannot be judged from a config value (an object node, a class such as ``nn.Module``, a
+    ``Callable``, a ``TypeVar``) fits."""
+    if _is_object_node(value) or hint is Any or hint is object:
+        return None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Annotated:
+        return _mismatch(value, args[0], path, origins)
+    if hint is None or hint is _NONE_TYPE:
+        return None if value is None else (path, value, "null")
+    if origin in (Union, types.UnionType):
+        return _union_mismatch(value, args, path, hint, origins)
+    if origin is typing.Literal:
+        fits = any(value == a and type(value) is type(a) for a in args)
+        return None if fits else (path, value, _describe(hint))
+    if hint is bool:
+        fits = isinstance(value, bool)
+    elif hint is int:
+        fits = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:  # an int is a float (lr: 1 means 1.0)
+        fits = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif hint is str:
+        fits = isinstance(value, str)
+    elif _is_path_hint(hint):
+        fits = isinstance(value, (str, os.PathLike))
+    elif (origin or hint) in _MAPPING_LIKE:
+        return _mapping_mismatch(value, args, path, hint, origins)
+    elif (origin or hint) in _LIST_LIKE:
+        return _sequence_mismatch(value, origin or hint, args, path, hint, origins)
+    else:
+        fits = True
+    return None if fits else (path, value, _describe(hint))
+
+
+def _shown(value: Any) -> str:
+    """A value as a message shows it: ``'eight' (str)``, ``0.9 (float)``, ``[0.5, 'x'] (list)``."""
+    if value is None:
+        return "null"
+    plain = value
+    if isinstance(value, (DictConfig, ListConfig)):
+        with contextlib.suppress(OmegaConfBaseException):
+            plain = OmegaConf.to_container(value, resolve=True)
+    if isinstance(plain, (DictConfig, Mapping)):
+        kind = "mapping"
+    elif isinstance(plain, (ListConfig, list, tuple)):
+        kind = "list"
+    else:
+        kind = type(plain).__name__
+    text = repr(plain)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{text} ({kind})"
+
+
+def _check_value_type(
+    value: Any, hint: Any, key: str, origins: Mapping[str, str] | None
+) -> None:
+    mismatch = _mismatch(value, hint, key, origins)
+    if mismatch is not None:
+        path, culprit, expected = mismatch
+        raise _error(
+            f"{_origin(origins, path)}: key '{path}': expected {expected}, got {_shown(culprit)}"
+        )
+
+
+def check_types(
+    fn: Any,
+    values: Mapping[str, Any],
+    *,
+    key: str = "",
+    origins: Mapping[str, str] | None = None,
+) -> None:
+    """Check every entry of ``values`` against the annotation of ``fn``'s parameter of that name (a
+    class: its ``__init__``, so a dataclass's fields). ``key``: where ``values`` sits in the config
+    (``"trainer"``, ``"model.params"``), for messages. Supported: int (not bool), float (int too),
+    bool, str, None, unions, Literal, paths (str), lists / tuples / sequences (a YAML list) and
+    mappings of those, Any; what cannot be judged (object nodes, other classes) is accepted. A
+    mismatch is a one-line :class:`ConfigError` naming the file, the full key path (down to a list
+    element), the value and the expected type."""
+    hints = _type_hints(fn)
+    hints.pop("return", None)  # the result's annotation, not a parameter's
+    for name, value in _entries(values, key, origins):
+        if name in hints:
+            _check_value_type(value, hints[name], _join(key, name), origins)
+
+
 def _node_parts(
     node: Any, path: str, origins: Mapping[str, str] | None
 ) -> tuple[str, DictConfig | None]:
@@ -686,6 +977,7 @@ def _validate_node(
             )
     _check_keys(fn, target, names, [*names, *extra], path, origins)
     if params is not None:
+        check_types(fn, params, key=_join(path, "params"), origins=origins)
         for key in params.keys():
             child_path = _join(path, f"params.{key}")
             _validate_value(_child(params, key, child_path, origins), child_path, origins)
@@ -718,7 +1010,21 @@ def _build_node(
                 _child(params, key, child_path, origins), child_path, origins
             )
     kwargs.update(extra)
-    return fn(**kwargs)
+    try:
+        return fn(**kwargs)
+    except (ConfigError, ValueError) as exc:
+        # A constructor refusing one of its arguments: say which file and node, in one line.
+        message = _one_line(str(exc)) or type(exc).__name__
+        if isinstance(exc, ConfigError) and _names_a_file(message, origins):
+            raise
+        where = _origin(origins, _join(path, "target"))
+        raise _error(f"{where}: key '{path or '<root>'}' ({target}): {message}") from exc
+
+
+def _names_a_file(message: str, origins: Mapping[str, str] | None) -> bool:
+    """Whether ``message`` already starts with one of the config's files (a nested config error)."""
+    sources = {s for s in (origins or {}).values() if s != COMMAND_LINE}
+    return any(message.startswith(f"{source}:") for source in sources)
 
 
 def _build_value(value: Any, path: str, origins: Mapping[str, str] | None) -> Any:
@@ -740,12 +1046,21 @@ def _build_value(value: Any, path: str, origins: Mapping[str, str] | None) -> An
 
 
 def validate(
-    node: Any, *, key: str = "", origins: Mapping[str, str] | None = None, extra: Iterable[str] = ()
+    node: Any,
+    *,
+    key: str = "",
+    origins: Mapping[str, str] | None = None,
+    extra: Iterable[str] = (),
+    allowed: AbstractSet[str] | None = None,
 ) -> None:
     """Check an object node and every node nested in its params without building anything: node
-    shape, targets import, keys match constructor signatures, required arguments are present
-    (``extra``: argument names the program will supply itself)."""
-    _validate_node(_as_node(node, key), key, origins, extra)
+    shape, targets import, keys match constructor signatures, values match the parameters' type
+    annotations, required arguments are present (``extra``: argument names the program will supply
+    itself). ``allowed``: see :func:`instantiate`."""
+    node = _as_node(node, key)
+    if allowed is not None:
+        _check_allowed(node, key, origins, allowed)
+    _validate_node(node, key, origins, extra)
 
 
 def instantiate(
@@ -754,6 +1069,7 @@ def instantiate(
     key: str = "",
     origins: Mapping[str, str] | None = None,
     extra: Mapping[str, Any] | None = None,
+    allowed: AbstractSet[str] | None = None,
 ) -> Any:
     """Build the object described by ``node`` (``{target, params}``).
 
@@ -762,10 +1078,17 @@ def instantiate(
     ``extra``: objects only the program has (e.g. a built tokenizer), passed to the top-level target
     alongside its params; setting one of them in the config is an error.
 
-    The whole tree is validated before any constructor runs. Errors raised by constructors propagate
-    unchanged.
+    ``allowed``: None (any target: the config came from the user) or the exact dotted names the
+    config may build (one read from a checkpoint, run or export folder: ``mergevq.trust``); every
+    target of the tree is checked before anything is imported.
+
+    The whole tree is validated before any constructor runs. A ``ConfigError`` or ``ValueError`` a
+    constructor raises becomes a one-line ``ConfigError`` prefixed with the node's file and key path
+    (unless it already names a file); any other exception propagates unchanged.
     """
     extra = dict(extra or {})
     node = _as_node(node, key)
+    if allowed is not None:
+        _check_allowed(node, key, origins, allowed)
     _validate_node(node, key, origins, extra.keys())
     return _build_node(node, key, origins, extra)

@@ -1,14 +1,18 @@
-"""Atomic file writes: a reader (or a resumed run) never sees a half-written file."""
+"""Atomic file writes (a reader, or a resumed run, never sees a half-written file), strict safetensors
+loading and weights-only ``torch.load`` with one-line errors."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+from mergevq.errors import MergeVQError
 
 
 _TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{6,}\.tmp$")
@@ -75,3 +79,42 @@ def load_weights_strict(module, weights_path: Path, *, config_path: Path, map_lo
     if missing or unexpected:
         raise WeightsError(f"{weights_path} does not match {config_path}: missing {sorted(missing)[:5]}, "
                            f"unexpected {sorted(unexpected)[:5]}")
+
+
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+_TORCH_INTERNAL = re.compile(r"^\s*\[enforce fail at [^\]]*\]\s*\.?\s*")
+
+
+def _torch_load_reason(exc: BaseException) -> str:
+    """Why ``torch.load`` failed, in a few words (its own messages run to many lines)."""
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError):
+        refused = _REFUSED_GLOBAL.search(text)
+        if refused is None:
+            return "not a pickle that weights-only loading reads"
+        return (f"it holds a pickled {refused.group(1)}, which weights-only loading refuses: only tensors, "
+                "containers and plain values are read")
+    if isinstance(exc, EOFError):
+        return "the file is empty or ends early"
+    text = _TORCH_INTERNAL.sub("", text)  # "[enforce fail at inline_container.cc:180] . " says nothing to a user
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = lines[0].split(". ")[0][:200] if lines else ""
+    if isinstance(exc, (OSError, RuntimeError)) and first:
+        return first
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def torch_load(path: str | os.PathLike, *, what: str, error: type[MergeVQError],
+               safe_globals: Sequence[Any] = (), hint: str = "", map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``: no arbitrary pickles, only tensors, containers, plain
+    values and ``safe_globals``. A missing, corrupt, foreign or refused file is one ``error`` line:
+    ``<path> is not a readable <what> (<why>)[; <hint>]`` (``error``: a ``MergeVQError`` subclass)."""
+    import torch
+
+    try:
+        with torch.serialization.safe_globals(list(safe_globals)):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - torch raises anything from pickle errors to KeyError on foreign bytes
+        raise error(f"{path} is not a readable {what} ({_torch_load_reason(exc)}){f'; {hint}' if hint else ''}") from None

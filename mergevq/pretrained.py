@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from mergevq.errors import WeightsError
-from mergevq.fileio import atomic_write
+from mergevq.fileio import atomic_write, torch_load
 
 COMMAND = "mergevq prepare-weights"
 MANIFEST_FORMAT = 1
@@ -221,16 +221,15 @@ def load_lpips(
     ``random_init=True`` no file is needed: the backbone is random and the heads are lpips's own
     v0.1 heads (for tests only; its distances mean nothing).
     """
-    import torch
-
     name = _canonical_net(net)
     model = _new_lpips(name, heads_from_package=random_init)
     if not random_init:
         file = Path(path) if path is not None else lpips_weights_path(name, cache_dir)
         if not file.is_file():
             raise _missing(file)
+        state = torch_load(file, what=f"LPIPS-{name} state dict", error=WeightsError,
+                           hint=f"re-run `{COMMAND} --force`")
         try:
-            state = torch.load(file, map_location="cpu", weights_only=True)
             model.load_state_dict(state, strict=True)
         except Exception as exc:  # noqa: BLE001 - any failure means the file is not what we wrote
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -245,9 +244,8 @@ def load_lpips(
 def lpips_backbone_state_dict(net: str = "vgg", cache_dir: str | os.PathLike | None = None) -> dict:
     """The converted backbone in torchvision's ``vgg16().features`` / ``alexnet().features`` layout
     (keys ``'0.weight'``, ``'0.bias'``, ...), read from the LPIPS file."""
-    import torch
-
-    state = torch.load(lpips_weights_path(net, cache_dir), map_location="cpu", weights_only=True)
+    state = torch_load(lpips_weights_path(net, cache_dir), what="LPIPS state dict", error=WeightsError,
+                       hint=f"re-run `{COMMAND} --force`")
     out = {}
     for key, value in state.items():
         if key.startswith("net.slice"):

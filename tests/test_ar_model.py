@@ -134,7 +134,7 @@ def test_config_errors_name_the_key():
         build_config(preset="M")
     with pytest.raises(ConfigError, match="windw"):
         build_config(preset="tiny", changes={"windw": 3})
-    with pytest.raises(ConfigError, match="mask='ring'"):
+    with pytest.raises(ConfigError, match="key 'mask': expected one of 'mergear', 'causal', got 'ring'"):
         build_config(preset="tiny", changes={"mask": "ring"})
     with pytest.raises(ConfigError, match="sub_token_bits"):
         build_config(preset="tiny", changes={"sub_token_bits": [6, 10]})

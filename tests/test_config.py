@@ -59,6 +59,11 @@ class Fails:
         raise ValueError("boom from the constructor")
 
 
+class Crashes:
+    def __init__(self):
+        raise RuntimeError("not a user error")
+
+
 class Open:
     def __init__(self, **kwargs):
         self.kwargs = kwargs
@@ -540,9 +545,15 @@ def test_whole_tree_is_validated_before_any_constructor_runs(targets):
     assert targets.CALLS == ["built"]
 
 
-def test_constructor_errors_propagate_unchanged(targets):
-    with pytest.raises(ValueError, match="boom from the constructor"):
-        C.instantiate({"target": f"{TARGETS}.Fails", "params": {"x": 1}})
+def test_constructor_value_errors_name_the_file_and_node(tmp_path, targets):
+    # A constructor refusing an argument (ValueError / ConfigError) is a one-line user error that
+    # names the node's file, key path and target; anything else (a bug, torch) propagates unchanged.
+    path = write(tmp_path / "m.yaml", f"model: {{target: {TARGETS}.Fails, params: {{x: 1}}}}\n")
+    message = raises(C.load_with_origins(path).instantiate, "model")
+    assert message == f"{path}: key 'model' ({TARGETS}.Fails): boom from the constructor"
+    with pytest.raises(RuntimeError, match="not a user error") as info:
+        C.instantiate({"target": f"{TARGETS}.Crashes"})
+    assert type(info.value) is RuntimeError
 
 
 def test_mandatory_value_is_an_error(tmp_path, targets):

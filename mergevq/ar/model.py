@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from mergevq.ar.kv_cache import KVCache
 from mergevq.ar.mask import MaskPolicy
+from mergevq.config import check_types
 from mergevq.errors import ConfigError, WeightsError
 from mergevq.fileio import atomic_write, load_weights_strict
 from mergevq.layers.mlp import SwiGLU, swiglu_hidden
@@ -109,6 +110,8 @@ def config_from_dict(data: Mapping[str, object], *, source: str) -> MergeARConfi
     missing = sorted({"dim", "depth", "heads"} - set(data))
     if missing:
         raise ConfigError(f"{source}: MergeAR config needs {', '.join(missing)}")
+    # A wrong-typed value in somebody's config.json is one line here, not a traceback deep in torch.
+    check_types(MergeARConfig, data, origins={name: source for name in data})
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
     config = MergeARConfig(**values)
     _validate(config, source=source)

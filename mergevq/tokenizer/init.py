@@ -43,6 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from mergevq.errors import ConfigError, WeightsError
+from mergevq.fileio import torch_load
 
 INIT_SOURCES = ("timm", "transformers")
 
@@ -147,25 +148,23 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, Tensor]:
     """
     file = _resolve_weights_file(Path(path).expanduser())
     suffix = file.suffix.lower()
-    try:
-        if suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if suffix == ".safetensors":
+        from safetensors.torch import load_file
 
+        try:
             state = load_file(str(file), device="cpu")
-        elif suffix in (".pt", ".pth", ".bin", ".ckpt"):
-            state = torch.load(file, map_location="cpu", weights_only=True)
-        else:
+        except Exception as exc:  # noqa: BLE001 - corrupt / truncated / foreign file
+            text = str(exc).strip().splitlines()
             raise WeightsError(
-                f"{file}: unknown weights format {suffix or '(no suffix)'}; expected .safetensors, .pt, .pth or .bin"
-            )
-    except WeightsError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - corrupt / truncated / foreign file
-        text = str(exc).strip().splitlines()
+                f"{file} is not a readable state dict ({text[0] if text else type(exc).__name__}); "
+                f"download it again"
+            ) from None
+    elif suffix in (".pt", ".pth", ".bin", ".ckpt"):
+        state = torch_load(file, what="state dict", error=WeightsError, hint="download it again")
+    else:
         raise WeightsError(
-            f"{file} is not a readable state dict ({text[0] if text else type(exc).__name__}); "
-            f"download it again"
-        ) from None
+            f"{file}: unknown weights format {suffix or '(no suffix)'}; expected .safetensors, .pt, .pth or .bin"
+        )
     for wrapper in ("model", "state_dict"):
         if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
             state = state[wrapper]

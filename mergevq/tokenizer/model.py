@@ -29,6 +29,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from mergevq.config import check_types
 from mergevq.errors import ConfigError, WeightsError
 from mergevq.fileio import atomic_write, load_weights_strict
 from mergevq.tokenizer.alignment import ClsHead
@@ -107,6 +108,8 @@ def _config_from_dict(data: Mapping[str, object], *, source: str) -> MergeVQConf
         raise ConfigError(
             f"{source}: unknown MergeVQ config key(s) {', '.join(unknown)}; valid keys: {', '.join(fields)}"
         )
+    # A wrong-typed value in somebody's config.json is one line here, not a traceback deep in torch.
+    check_types(MergeVQConfig, data, origins={name: source for name in data})
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
     config = MergeVQConfig(**values)
     _validate(config, source=source)

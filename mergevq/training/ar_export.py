@@ -48,17 +48,24 @@ def export_mergear(
     raw: bool = False,
 ) -> Path:
     """Write ``checkpoint`` (default: the newest complete one of ``run_dir``) as a ``from_pretrained``
-    folder at ``out`` (default ``<run_dir>/mergear``, ``mergear-raw`` with ``raw``); returns it."""
+    folder at ``out`` (default ``<run_dir>/mergear``, ``mergear-raw`` with ``raw``); returns it. ``out``
+    must be new, empty or an earlier export (replaced): see ``mergevq.training.export.plan_export_dir``."""
+    from mergevq.training.export import plan_export_dir
+
     if checkpoint is None:
         if run_dir is None:
             raise ConfigError("give a run directory or a checkpoint")
         if not Path(run_dir).is_dir():
             raise ConfigError(f"run directory not found: {run_dir}")
         checkpoint = _newest_checkpoint(Path(run_dir))
+    given = out is not None
     if out is None:
         base = Path(run_dir) if run_dir is not None else Path(checkpoint).parent
         out = base / (f"{EXPORT_DIR}-raw" if raw else EXPORT_DIR)
-    return Path(mergear_from_checkpoint(checkpoint, raw=raw).save_pretrained(out))
+    plan = plan_export_dir(out, checkpoint=checkpoint, raw=raw, given=given)  # refuse before the slow load
+    model = mergear_from_checkpoint(checkpoint, raw=raw)
+    plan.apply()
+    return Path(model.save_pretrained(out))
 
 
 def load_mergear(source: str | os.PathLike) -> MergeAR:

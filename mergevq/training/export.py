@@ -1,6 +1,9 @@
 """Export a trained tokenizer from a Stage 1 checkpoint into a ``MergeVQ.from_pretrained`` folder
 (``config.json`` + ``model.safetensors``). EMA weights by default (DESIGN §4 "EMA": evaluation and
-Stage 2 use them); ``raw=True`` exports the raw generator weights instead."""
+Stage 2 use them); ``raw=True`` exports the raw generator weights instead.
+
+An export folder is claimed with :mod:`mergevq.outputs` (command ``export``): exporting again into an
+earlier export replaces it; any other non-empty folder is refused, never overwritten."""
 
 from __future__ import annotations
 
@@ -9,9 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mergevq.errors import ConfigError
-from mergevq.tokenizer.model import MergeVQ, MergeVQConfig
+from mergevq.outputs import OutputPlan, plan_output_dir
+from mergevq.tokenizer.model import CONFIG_FILE, WEIGHTS_FILE, MergeVQ, MergeVQConfig
 
-__all__ = ["ExportResult", "export_tokenizer", "load_tokenizer", "tokenizer_from_checkpoint"]
+__all__ = ["ExportResult", "export_tokenizer", "load_tokenizer", "plan_export_dir", "tokenizer_from_checkpoint"]
+
+EXPORT_COMMAND = "export"
 
 _TOKENIZER_NODE = "model.params.tokenizer"
 _PREFIX = "tokenizer."
@@ -32,6 +38,16 @@ def tokenizer_from_checkpoint(checkpoint: str | os.PathLike, *, raw: bool = Fals
                                  config_type=MergeVQConfig, raw=raw, ema_required=True)
 
 
+def plan_export_dir(out: str | os.PathLike, *, checkpoint: str | os.PathLike, raw: bool, given: bool) -> OutputPlan:
+    """How ``mergevq export`` may write ``out`` (both stages write ``config.json`` + ``model.safetensors``):
+    a new or empty folder, or an earlier export (replaced); anything else is a one-line OutputError.
+    ``given``: the user named ``out`` (else it is the default folder inside the run), for messages.
+    Call :meth:`OutputPlan.apply` once the model has loaded, just before writing."""
+    return plan_output_dir(out, command=EXPORT_COMMAND, settings={"checkpoint": str(checkpoint), "raw": raw},
+                           patterns=[CONFIG_FILE, WEIGHTS_FILE], resumable=False,
+                           flag="--out" if given else "the default export folder")
+
+
 def export_tokenizer(
     run_dir: str | os.PathLike | None = None,
     *,
@@ -41,7 +57,7 @@ def export_tokenizer(
 ) -> ExportResult:
     """Write ``checkpoint`` (default: the newest complete one of ``run_dir``) as a
     ``from_pretrained`` folder at ``out`` (default ``<run_dir>/tokenizer``, ``tokenizer-raw`` with
-    ``raw``)."""
+    ``raw``), which must be new, empty or an earlier export (replaced): :func:`plan_export_dir`."""
     from mergevq.training.checkpoint import CHECKPOINT_DIR, find_resume_checkpoint
 
     if checkpoint is None:
@@ -52,10 +68,13 @@ def export_tokenizer(
         checkpoint = find_resume_checkpoint(run_dir)
         if checkpoint is None:
             raise ConfigError(f"no complete checkpoint in {Path(run_dir) / CHECKPOINT_DIR}")
+    given = out is not None
     if out is None:
         base = Path(run_dir) if run_dir is not None else Path(checkpoint).parent
         out = base / ("tokenizer-raw" if raw else "tokenizer")
+    plan = plan_export_dir(out, checkpoint=checkpoint, raw=raw, given=given)  # refuse before the slow load
     model = tokenizer_from_checkpoint(checkpoint, raw=raw)
+    plan.apply()
     directory = model.save_pretrained(out)
     return ExportResult(directory=Path(directory), checkpoint=Path(checkpoint), weights="raw" if raw else "ema")
 
@@ -64,7 +83,6 @@ def load_tokenizer(source: str | os.PathLike, *, raw: bool = False) -> MergeVQ:
     """The tokenizer every evaluation / extraction / sampling command takes, in eval mode, from any
     of: an exported folder (``config.json`` + ``model.safetensors``), a ``mergevq train`` run
     directory (its newest complete checkpoint; EMA weights unless ``raw``) or a checkpoint file."""
-    from mergevq.tokenizer.model import CONFIG_FILE
     from mergevq.training.checkpoint import CHECKPOINT_DIR, find_resume_checkpoint
 
     path = Path(source).expanduser()
