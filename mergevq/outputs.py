@@ -13,14 +13,17 @@ writes). The rules:
     only the entries the command wrote (its patterns) are removed;
   - **refused** when the command can resume, the settings differ and ``overwrite`` is not given;
 * any other non-empty folder (another command's output, a file the command did not write, an output
-  of an older mergevq without a marker) is **refused**: nothing in it is read, changed or removed.
+  of an older mergevq without a marker, unless the command accepts those: ``accept_unmarked``) is
+  **refused**: nothing in it is read, changed or removed. Stale temporary files of a killed write
+  (``.<name>.<random>.tmp``) in a claimed folder are removed.
 
 Files: :func:`check_output_file` refuses to replace an existing file unless it is a JSON this command
 wrote (``"command"`` key), and refuses a folder where a file is expected.
 
 Multi-process commands decide on every rank before anybody changes the folder, so every rank fails
 alike (no rank waits forever at a barrier): ``plan = plan_output_dir(...)`` on every rank, a barrier,
-``plan.apply()`` on the main rank, a barrier. :func:`claim_output_dir` is both steps in one process.
+``plan.apply()`` on the main rank, a barrier (:meth:`OutputPlan.apply_on_main`). :func:`claim_output_dir`
+is both steps in one process.
 """
 
 from __future__ import annotations
@@ -53,14 +56,27 @@ def same_settings(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return _normalise(a) == _normalise(b)
 
 
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
 def _first_difference(old: Any, new: Any, prefix: str = "") -> str:
+    """``key.path: OLD there, NEW now`` for the first setting that differs (keys sorted, lists by index)."""
     if isinstance(old, dict) and isinstance(new, dict):
         for key in sorted(set(old) | set(new)):
             if old.get(key, "<unset>") != new.get(key, "<unset>"):
                 return _first_difference(old.get(key, "<unset>"), new.get(key, "<unset>"),
                                          f"{prefix}.{key}" if prefix else str(key))
         return ""
-    return f"{prefix or 'settings'}: {old!r} there, {new!r} now"
+    if isinstance(old, list) and isinstance(new, list):
+        if len(old) != len(new):
+            return f"{prefix or 'settings'}: {len(old)} entries there, {len(new)} now"
+        for index, (a, b) in enumerate(zip(old, new, strict=True)):
+            if a != b:
+                return _first_difference(a, b, f"{prefix}[{index}]")
+        return ""
+    return f"{prefix or 'settings'}: {_shown(old)} there, {_shown(new)} now"
 
 
 @dataclass(frozen=True)
@@ -84,7 +100,8 @@ class OutputPlan:
     remove: tuple[str, ...]  # top-level entries of an earlier output of this command to delete
 
     def apply(self) -> OutputDir:
-        """Create the folder, remove what ``remove`` lists, write the marker (main rank only)."""
+        """Create the folder, remove what ``remove`` lists, write the marker (main rank only). A marker
+        that already says the same is left alone, so re-running a finished command changes nothing."""
         self.path.mkdir(parents=True, exist_ok=True)
         for name in self.remove:
             entry = self.path / name
@@ -94,9 +111,21 @@ class OutputPlan:
                 entry.unlink(missing_ok=True)
         record = {"command": self.command, "format": _FORMAT, "patterns": list(self.patterns),
                   "settings": _normalise(self.settings)}
-        with atomic_write(self.path / MARKER, text=True) as handle:
-            json.dump(record, handle, indent=1)
-            handle.write("\n")
+        if _read_marker(self.path) != record:
+            with atomic_write(self.path / MARKER, text=True) as handle:
+                json.dump(record, handle, indent=1)
+                handle.write("\n")
+        return self.outcome()
+
+    def apply_on_main(self, *, is_main: bool) -> OutputDir:
+        """:meth:`apply` on the main rank between two barriers (every rank calls it, after every rank
+        planned): no rank writes into the folder before the main rank has prepared it."""
+        from mergevq.distributed import barrier
+
+        barrier()
+        if is_main:
+            self.apply()
+        barrier()
         return self.outcome()
 
     def outcome(self) -> OutputDir:
@@ -121,21 +150,27 @@ def _matches(name: str, patterns: Iterable[str]) -> bool:
 
 def plan_output_dir(path: str | os.PathLike, *, command: str, settings: Mapping[str, Any],
                     patterns: Sequence[str], resumable: bool, overwrite: bool = False,
-                    flag: str = "--out") -> OutputPlan:
+                    flag: str = "--out", accept_unmarked: bool = False) -> OutputPlan:
     """Decide how ``command`` may use the folder ``path`` (rules in the module docstring); raise a
     one-line :class:`OutputError` when it may not. Nothing on disk is changed.
 
-    ``patterns``: glob patterns of the top-level names the command writes (``K*``, ``png``,
-    ``samples.npz``); ``flag``: how the user named the folder, for messages."""
+    ``patterns``: glob patterns of the top-level names the command writes (``K[0-9]*``, ``png``,
+    ``samples.npz``); ``flag``: how the user named the folder, for messages. ``accept_unmarked``:
+    a folder without a marker whose entries all match ``patterns`` is taken as this command's
+    output of unknown settings (resumed when ``resumable``): for a command that wrote such folders
+    before markers existed and checks their content itself (extract-codes' manifest)."""
     folder = Path(path).expanduser()
     shown = f"{flag} {path}"
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{shown}: expected a folder, but it is a file")
     entries = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
     plan = dict(path=folder, command=command, settings=dict(settings), patterns=tuple(patterns))
-    if not entries:
-        return OutputPlan(**plan, resumed=False, remove=())
+    # a write of the marker itself that was killed leaves only its temporary file: still empty
+    if all(is_temp_name(e) and e.startswith(f"{MARKER}.") for e in entries):
+        return OutputPlan(**plan, resumed=False, remove=tuple(entries))
     record = _read_marker(folder)
+    if record is None and accept_unmarked and all(is_temp_name(e) or _matches(e, patterns) for e in entries):
+        record = {"command": command, "patterns": list(patterns), "settings": _normalise(settings)}
     if record is None:
         example = ", ".join(repr(e) for e in entries[:3])
         raise OutputError(f"{shown} is not empty and holds no earlier output of mergevq {command} ({example}"
@@ -161,10 +196,10 @@ def plan_output_dir(path: str | os.PathLike, *, command: str, settings: Mapping[
 
 def claim_output_dir(path: str | os.PathLike, *, command: str, settings: Mapping[str, Any],
                      patterns: Sequence[str], resumable: bool, overwrite: bool = False,
-                     flag: str = "--out") -> OutputDir:
+                     flag: str = "--out", accept_unmarked: bool = False) -> OutputDir:
     """:func:`plan_output_dir` then :meth:`OutputPlan.apply`, for a single process."""
     return plan_output_dir(path, command=command, settings=settings, patterns=patterns, resumable=resumable,
-                           overwrite=overwrite, flag=flag).apply()
+                           overwrite=overwrite, flag=flag, accept_unmarked=accept_unmarked).apply()
 
 
 def check_output_file(path: str | os.PathLike, *, command: str, flag: str = "--out") -> Path:

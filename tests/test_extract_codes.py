@@ -234,7 +234,7 @@ def test_cli_end_to_end_on_exported_tokenizer(model, tmp_path, private_cache, ca
             "extract.batch_size=8", "extract.k_candidates=[16,64]", "--demo"]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "20 images (+ flipped)" in printed and "unreadable images skipped: 0" in printed
+    assert "20 images (+ flipped)" in printed and "images skipped (unreadable or over the pixel limit): 0" in printed
     ds = CodesDataset(root=str(out), augment_flip=True)
     m = ds.manifest
     assert len(ds) == 40 and m.num_classes == 10 and m.k_candidates == (16, 64)
@@ -261,7 +261,7 @@ def test_cli_folder_skips_unreadable_images(model, tmp_path, capsys):
     tok = model.save_pretrained(tmp_path / "tok")
     assert main(["extract-codes", str(tok), str(tmp_path / "codes"), "extract.flip=false", "extract.num_workers=0",
                  "extract.accelerator=cpu", "--folder", str(tmp_path / "images")]) == 0
-    assert "unreadable images skipped: 2" in capsys.readouterr().out
+    assert "images skipped (unreadable or over the pixel limit): 2" in capsys.readouterr().out
     m = read_manifest(tmp_path / "codes")
     assert m.num_images == 14 and m.num_skipped == 2 and m.num_classes == 2 and not m.has_flip
     assert set(m.k_candidates) == set(model.config.k_candidates)  # null = the tokenizer's candidates
@@ -273,6 +273,36 @@ def test_cli_bad_settings_are_one_line_errors(model, tmp_path, capsys):
     assert "extract.sed" in capsys.readouterr().err
     assert main(["extract-codes", str(tmp_path / "none"), str(tmp_path / "c"), "--demo"]) == 2
     assert "tokenizer not found" in capsys.readouterr().err
+
+
+def test_cli_output_folder_rules(model, tmp_path, private_cache, capsys):
+    """A non-empty OUT_DIR that is not a codes folder (or a file) is refused before any work and left
+    untouched; an interrupted extraction and a codes folder written before folders were claimed
+    (no marker) resume; --force is --overwrite's old name."""
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    (tmp_path / "file").write_text("keep")
+    for target, message in ((foreign, "holds no earlier output of mergevq extract-codes"),
+                            (tmp_path / "file", "expected a folder, but it is a file")):
+        before = _files(foreign)
+        # the tokenizer does not even exist: the refusal comes first
+        assert main(["extract-codes", str(tmp_path / "no-tokenizer"), str(target), "--demo", "--overwrite"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+        assert _files(foreign) == before and (tmp_path / "file").read_text() == "keep"
+
+    tok = model.save_pretrained(tmp_path / "tok")
+    out = tmp_path / "codes"
+    args = ["extract-codes", str(tok), str(out), "demo_data.train_per_photo=1", "demo_data.val_per_photo=1",
+            "extract.flip=false", "extract.batch_size=16", "extract.k_candidates=[16]", "--demo"]
+    assert main(args) == 0
+    capsys.readouterr()
+    (out / MANIFEST_FILE).unlink()  # killed after its shard, before the manifest
+    (out / ".mergevq-output.json").unlink()  # and written by a version that did not claim folders
+    assert main([*args, "--force"]) == 0
+    assert "rank 0: 0 images" in capsys.readouterr().out  # the shard was reused, nothing encoded again
+    assert read_manifest(out).num_images == 10 and (out / ".mergevq-output.json").is_file()
 
 
 def test_launcher_script_forwards_arguments():

@@ -36,6 +36,7 @@ from mergevq.inference.generation_eval import (
 )
 from mergevq.inference.tokenizer_eval import SINGLE_PROCESS
 from mergevq.metrics.fid import InceptionFeatures, feature_stats
+from mergevq.outputs import check_output_file
 
 CPU = torch.device("cpu")
 
@@ -167,6 +168,28 @@ def test_cli_fid_of_folder_against_itself_is_zero(gen_setup, tmp_path, capsys):
     assert metrics["inception_score_mean"] is None and any("Inception Score" in n for n in metrics["notes"])
     printed = capsys.readouterr().out
     assert "FID:" in printed and "4 images (1 unreadable skipped)" in printed
+    assert metrics["command"] == "evaluate-generation"
+
+    # issue 11: its own earlier result may be replaced (a full re-run costs another FID: the check
+    # that decides it is enough); a folder or a file it did not write is refused in one line,
+    # before any work, and left untouched
+    assert check_output_file(out, command="evaluate-generation") == out
+    capsys.readouterr()
+    foreign = tmp_path / "theirs.json"
+    foreign.write_text('{"fid": 1.0}')
+    for target, message in ((foreign, "was not written by mergevq evaluate-generation"),
+                            (folder, "expected a file name, but it is a folder")):
+        before = _mtimes(target)
+        # the missing Inception file shows the refusal comes first
+        assert main(["evaluate-generation", str(folder), "--ref", str(folder), "--inception",
+                     str(tmp_path / "none.pth"), "--out", str(target)]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], lines
+        assert _mtimes(target) == before
+
+
+def _mtimes(path: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in [path, *(path.iterdir() if path.is_dir() else ())]}
 
 
 def test_adm_reference_npz_equals_folder(gen_setup, tmp_path):

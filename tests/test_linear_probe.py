@@ -19,6 +19,7 @@ from mergevq.cli import main
 from mergevq.errors import ConfigError
 from mergevq.inference.probe_features import ProbeEncoder, extract_features
 from mergevq.metrics.probe import build_probe_optimizer, topk_accuracy, topk_correct
+from mergevq.outputs import check_output_file
 from mergevq.tokenizer.model import MergeVQ, build_config
 from mergevq.training.probe_module import (
     LinearHead,
@@ -213,6 +214,20 @@ def test_cli_demo_end_to_end(exported, tmp_path, capsys, private_cache):
     assert record["num_train"] == 40 and record["num_val"] == 20 and record["optimizer_steps"] == 4
     assert 0 <= record["top1"] <= record["top5"] <= 100
     assert record["settings"]["optimizer"] == "sgd" and record["settings"]["image_size"] == 32
+    assert record["command"] == "linear-probe"  # so that a re-run may replace it
+    assert check_output_file(out, command="linear-probe") == out
+
+
+def test_cli_refuses_a_folder_or_a_foreign_file_before_any_work(tmp_path, capsys):
+    theirs = tmp_path / "theirs.json"
+    theirs.write_text('{"top1": 99.0}')
+    for target, message in ((theirs, "was not written by mergevq linear-probe"),
+                            (tmp_path, "expected a file name, but it is a folder")):
+        # the tokenizer does not exist: the refusal comes first
+        assert main(["linear-probe", str(tmp_path / "no-tokenizer"), "--demo", "--out", str(target)]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], lines
+    assert theirs.read_text() == '{"top1": 99.0}' and sorted(p.name for p in tmp_path.iterdir()) == ["theirs.json"]
 
 
 def test_cli_class_folders_and_one_line_errors(exported, tmp_path, capsys):

@@ -60,7 +60,7 @@ def test_evaluate_tokenizer_writes_json_and_table(assets, tmp_path, capsys, priv
     assert report["data"]["params"]["size"] == 32  # eval.resolution null -> the tokenizer's image size
     table = (out / "tokenizer_eval.md").read_text().splitlines()
     assert len(table) == 4 and table[2].startswith("| 64 |") and table[3].startswith("| 16 |")
-    assert table[2] in printed and "3 images, 1 unreadable skipped" in printed
+    assert table[2] in printed and "3 images, 1 skipped (unreadable or over the pixel limit)" in printed
 
 
 def _error_line(capsys) -> str:
@@ -89,7 +89,7 @@ def test_reconstruct_writes_matching_pngs_and_merge_groups(assets, tmp_path, cap
     code = main(["reconstruct", "--num-keep", "64,9", "--folder", str(assets / "photos"), "--out", str(out),
                  str(assets / "tokenizer"), "eval.num_workers=0", "eval.batch_size=2"])
     assert code == 0
-    assert "wrote 3 images (1 unreadable skipped) at K = 64, 9" in capsys.readouterr().out
+    assert "wrote 3 images (1 skipped: unreadable or over the pixel limit) at K = 64, 9" in capsys.readouterr().out
     names = sorted(p.name for p in (out / "original").iterdir())
     # data set index (broken.jpg, sorted first, is 0) + file stem: unique and recognisable
     assert names == ["000001_photo0.png", "000002_photo1.png", "000003_photo2.png"]
@@ -132,3 +132,67 @@ def test_scripts_reject_missing_arguments(tmp_path):
                                   (RECON_SCRIPT, [str(tmp_path)], "expected OUT_DIR")]:
         run = _script(script, *args, MERGEVQ_DRY_RUN="1")
         assert run.returncode == 2 and message in run.stderr and "usage:" in run.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# Output folders (issue 11): an earlier output of the same command is replaced, never mixed with the
+# new one; any other folder, or a file, is refused in one line and left untouched.
+
+
+def _tree(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.rglob("*"))}
+
+
+def _foreign(tmp_path: Path) -> Path:
+    folder = tmp_path / "foreign"
+    (folder / "K64").mkdir(parents=True)  # even names the command would write do not make it its folder
+    (folder / "K64" / "mine.png").write_bytes(b"not theirs")
+    (folder / "notes.txt").write_text("keep")
+    return folder
+
+
+def test_reconstruct_replaces_its_own_output_and_refuses_others(assets, tmp_path, capsys, private_cache):
+    out = tmp_path / "recon"
+    common = [str(assets / "tokenizer"), "eval.num_workers=0", "eval.batch_size=2"]
+    assert main(["reconstruct", "--num-keep", "64,9", "--folder", str(assets / "photos"), "--out", str(out),
+                 *common]) == 0
+    # fewer images and other K: exactly the new set is left, nothing of the first run
+    assert main(["reconstruct", "--num-keep", "16", "--folder", str(assets / "photos"), "--out", str(out), *common,
+                 "eval.max_images=2"]) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in out.iterdir()) == [".mergevq-output.json", "K16", "groups_K16", "original", "pairs"]
+    for folder in ("original", "K16", "groups_K16", "pairs"):
+        assert sorted(p.name for p in (out / folder).iterdir()) == ["000001_photo0.png"], folder
+
+    foreign = _foreign(tmp_path)
+    (tmp_path / "file.png").write_bytes(b"png")
+    for target, message in ((foreign, "holds no earlier output of mergevq reconstruct"),
+                            (tmp_path / "file.png", "expected a folder, but it is a file"),
+                            (tmp_path / "eval", "holds the output of mergevq evaluate-tokenizer")):
+        if target.name == "eval":
+            main(["evaluate-tokenizer", "--num-keep", "16", "--demo", "--out", str(target), str(assets / "tokenizer"),
+                  "eval.rfid=false", "eval.lpips=false", "eval.max_images=2", "eval.num_workers=0"])
+            capsys.readouterr()
+        before = _tree(target) if target.is_dir() else target.read_bytes()
+        assert main(["reconstruct", "--demo", "--out", str(target), *common]) == 2
+        assert message in _error_line(capsys)
+        assert (_tree(target) if target.is_dir() else target.read_bytes()) == before
+
+
+def test_evaluate_tokenizer_replaces_its_own_output_and_refuses_others(assets, tmp_path, capsys, private_cache):
+    out = tmp_path / "eval"
+    args = ["evaluate-tokenizer", "--num-keep", "16", "--demo", str(assets / "tokenizer"), "eval.rfid=false",
+            "eval.lpips=false", "eval.num_workers=0"]
+    assert main([*args, "--out", str(out), "eval.max_images=3"]) == 0
+    assert main([*args, "--out", str(out), "eval.max_images=2"]) == 0  # its own output: replaced
+    capsys.readouterr()
+    assert sorted(p.name for p in out.iterdir()) == [".mergevq-output.json", "tokenizer_eval.json", "tokenizer_eval.md"]
+    assert json.loads((out / "tokenizer_eval.json").read_text())["result"]["num_images"] == 2
+
+    foreign = _foreign(tmp_path)
+    (tmp_path / "file.json").write_text("{}")
+    for target in (foreign, tmp_path / "file.json"):
+        before = _tree(target) if target.is_dir() else target.read_bytes()
+        assert main([*args, "--out", str(target)]) == 2
+        assert str(target) in _error_line(capsys)
+        assert (_tree(target) if target.is_dir() else target.read_bytes()) == before

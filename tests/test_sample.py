@@ -4,12 +4,23 @@ Invariants: sample i's image depends only on (global seed, i) and its label, not
 (1 vs 4) or the process count (1 vs 2 gloo ranks with uneven shards); the npz holds the images in
 sample order and equals the PNGs; the CLI writes the documented layout; mismatched models and bad
 options are one-line errors. A tiny MergeAR and a tiny tokenizer (random weights) on the CPU.
+
+Issue 11: an interrupted run (a real SIGKILL, an exception after some batches) resumes, with
+another batch size or process count too, and ends with the npz of an uninterrupted run (byte for
+byte when resumed as started); a finished folder is left alone; other settings, foreign folders
+and files are refused in one line and left untouched; --overwrite replaces.
 """
 
 from __future__ import annotations
 
+import filecmp
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +36,12 @@ from mergevq.ar.sampling import SamplingSettings
 from mergevq.cli import main
 from mergevq.distributed import DistContext
 from mergevq.errors import ConfigError
+from mergevq.fileio import is_temp_name
 from mergevq.inference.sample import (
     NPZ_FILE,
+    PARTS_DIR,
     PNG_DIR,
+    RECORD_FILE,
     class_labels,
     png_name,
     sample_seeds,
@@ -56,10 +70,27 @@ def models(tmp_path_factory):
 
 
 def _run(models, out: Path, *, labels, batch_size: int, context=SINGLE_PROCESS, settings=SETTINGS,
-         write_png: bool = True):
+         write_png: bool = True, progress=None):
     return sample_to_disk(models["model"], models["tokenizer"], labels=labels, num_keep=9, settings=settings,
                           seed=7, out_dir=out, batch_size=batch_size, device=CPU, context=context,
-                          write_png=write_png)
+                          write_png=write_png, progress=progress)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after(samples: int):
+    """A progress callback that interrupts the run once ``samples`` of its share are generated."""
+    def callback(progress):
+        if progress.done >= samples:
+            raise _Stop
+    return callback
+
+
+def _leftovers(out: Path) -> list[str]:
+    """Temporary files and unfinished-run state anywhere under ``out``."""
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*") if is_temp_name(p.name) or p.name == PARTS_DIR)
 
 
 def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -119,8 +150,12 @@ def _two_rank_worker(rank, world, init_file, out_dir):
         root = Path(out_dir)
         models = {"model": MergeAR.from_pretrained(root / "models" / "ar"),
                   "tokenizer": MergeVQ.from_pretrained(root / "models" / "tokenizer").eval()}
-        _run(models, root / "ranks", labels=class_labels(classes=[2, 9, 5], per_class=1),
-             batch_size=2, context=DistContext(rank=rank, world_size=world, local_rank=rank))
+        context = DistContext(rank=rank, world_size=world, local_rank=rank)
+        _run(models, root / "ranks", labels=class_labels(classes=[2, 9, 5], per_class=1), batch_size=2,
+             context=context)
+        # a 1-process run interrupted after 1 sample, resumed by 2 processes (one missing sample each)
+        _run(models, root / "resumed", labels=class_labels(classes=[2, 9, 5], per_class=1), batch_size=2,
+             context=context)
     finally:
         dist.destroy_process_group()
 
@@ -130,14 +165,23 @@ def test_two_processes_equal_one(models, tmp_path):
     (tmp_path / "models").mkdir()
     for name in ("ar", "tokenizer"):
         (tmp_path / "models" / name).symlink_to(models[f"{name}_dir"])
+    labels = class_labels(classes=[2, 9, 5], per_class=1)
+    with pytest.raises(_Stop):
+        _run(models, tmp_path / "resumed", labels=labels, batch_size=1, progress=_stop_after(1))
     run_ranks(_two_rank_worker, world=2, tmp_path=tmp_path, timeout_s=180, what="2-process sampling")
-    _run(models, tmp_path / "single", labels=class_labels(classes=[2, 9, 5], per_class=1), batch_size=3)
+    _run(models, tmp_path / "single", labels=labels, batch_size=3)
     images_2, labels_2 = _npz(tmp_path / "ranks")
     images_1, labels_1 = _npz(tmp_path / "single")
     assert labels_2.tolist() == labels_1.tolist() == [2, 9, 5]
     _assert_same_samples(images_2, images_1)  # shards of 2 + 1 samples, reassembled in order
     assert sorted(p.name for p in (tmp_path / "ranks" / PNG_DIR).iterdir()) == \
         sorted(p.name for p in (tmp_path / "single" / PNG_DIR).iterdir())
+    images_r, labels_r = _npz(tmp_path / "resumed")
+    assert labels_r.tolist() == [2, 9, 5]
+    _assert_same_samples(images_r, images_1)
+    record = json.loads((tmp_path / "resumed" / RECORD_FILE).read_text())
+    assert (record["num_samples"], record["num_resumed"], record["num_generated"]) == (3, 1, 2)
+    assert _leftovers(tmp_path / "resumed") == []
 
 
 def test_cli_end_to_end(models, tmp_path, capsys):
@@ -160,6 +204,127 @@ def test_cli_end_to_end(models, tmp_path, capsys):
     _run(models, tmp_path / "lib", labels=torch.from_numpy(labels), batch_size=4, settings=settings, write_png=False)
     _assert_same_samples(_npz(tmp_path / "lib")[0], images)
     assert not (tmp_path / "lib" / PNG_DIR).exists()
+
+
+def _mtimes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.rglob("*"))}
+
+
+def test_interrupted_run_resumes_with_another_batch_size(models, tmp_path):
+    labels = class_labels(classes=[0, 6, 3], per_class=2)
+    reference = _run(models, tmp_path / "whole", labels=labels, batch_size=2)
+    out = tmp_path / "resumed"
+    with pytest.raises(_Stop):  # an error after 2 batches: 4 samples are done
+        _run(models, out, labels=labels, batch_size=2, progress=_stop_after(4))
+    assert not (out / NPZ_FILE).exists() and not (out / RECORD_FILE).exists()
+    seen = []
+    resumed = _run(models, out, labels=labels, batch_size=3, progress=seen.append)
+    assert (seen[0].already_done, seen[0].assigned, seen[-1].done) == (4, 2, 2)  # only the missing ones
+    assert (resumed.num_resumed, resumed.num_generated, resumed.num_samples) == (4, 2, 6)
+    _assert_same_samples(_npz(out)[0], _npz(tmp_path / "whole")[0])
+    assert _npz(out)[1].tolist() == labels.tolist()
+    # the statistics cover every sample, the resumed ones included
+    for name in ("mean_peak_cache_entries", "max_peak_cache_entries", "mean_unique_tokens"):
+        assert getattr(resumed, name) == getattr(reference, name), name
+    record = json.loads((out / RECORD_FILE).read_text())
+    assert record["num_samples"] == 6 and record["mean_unique_tokens"] == reference.mean_unique_tokens
+    assert sorted(p.name for p in (out / PNG_DIR).iterdir()) == [png_name(i, c) for i, c in enumerate(labels.tolist())]
+    assert _leftovers(out) == []
+
+    before = _mtimes(out)  # a finished folder: reported, nothing regenerated or rewritten
+    again = _run(models, out, labels=labels, batch_size=3, progress=_stop_after(0))
+    assert again.up_to_date and again.num_generated == 0 and again.mean_unique_tokens == reference.mean_unique_tokens
+    assert _mtimes(out) == before
+
+
+def test_sigkill_then_resume_gives_a_byte_identical_npz(models, tmp_path, capsys):
+    """A real SIGKILL of ``mergevq sample`` while it writes samples; the same command resumes it."""
+    def args(out: Path) -> list[str]:
+        return ["sample", "--ar", str(models["ar_dir"]), "--tokenizer", str(models["tokenizer_dir"]),
+                "--out", str(out), "--per-class", "6", "--classes", "1", "3", "5", "7", "9", "--batch-size", "2",
+                "--top-k", "20", "--seed", "5", "--num-keep", "9", "--accelerator", "cpu"]
+
+    killed = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MERGEVQ_DEBUG"):
+        env.pop(name, None)
+    root = Path(__file__).resolve().parents[1]
+    process = subprocess.Popen([sys.executable, "-m", "mergevq", *args(killed)], cwd=root, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list((killed / PNG_DIR).glob("*.png"))) < 6:  # 3 of the 15 batches
+            assert process.poll() is None, process.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the sampling subprocess wrote no samples in 120 s"
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+        assert process.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+        process.stderr.close()
+    assert not (killed / NPZ_FILE).exists()
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the subprocess: the same float results
+    try:
+        capsys.readouterr()
+        assert main(args(killed)) == 0  # the same command resumes
+        resumed_err = capsys.readouterr().err
+        assert main(args(tmp_path / "whole")) == 0
+    finally:
+        torch.set_num_threads(threads)
+    done = int(re.search(r"resuming .*: (\d+) of 30 samples were done", resumed_err).group(1))
+    assert 4 <= done < 30, resumed_err
+    assert filecmp.cmp(killed / NPZ_FILE, tmp_path / "whole" / NPZ_FILE, shallow=False)
+    assert _leftovers(killed) == []
+    record = json.loads((killed / RECORD_FILE).read_text())
+    assert (record["num_samples"], record["num_resumed"], record["num_generated"]) == (30, done, 30 - done)
+    assert len(list((killed / PNG_DIR).iterdir())) == 30
+
+
+def _cli(models, out: Path, *extra: str) -> list[str]:
+    return ["sample", "--ar", str(models["ar_dir"]), "--tokenizer", str(models["tokenizer_dir"]), "--out", str(out),
+            "--per-class", "1", "--num-keep", "9", "--accelerator", "cpu", "--write", "both", *extra]
+
+
+def _one_error_line(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mergevq sample: error:"), lines
+    return lines[0]
+
+
+def test_cli_output_folder_rules(models, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(_cli(models, out, "--classes", "1", "3", "--seed", "7")) == 0
+    before = _mtimes(out)
+    capsys.readouterr()
+    assert main(_cli(models, out, "--classes", "1", "3", "--seed", "7")) == 0
+    assert "already holds these 2 samples; nothing to do" in capsys.readouterr().out
+    assert _mtimes(out) == before
+
+    # other settings: refused, naming the first difference and the way out; nothing touched
+    assert main(_cli(models, out, "--classes", "1", "3", "--seed", "8")) == 2
+    line = _one_error_line(capsys)
+    assert "seed: 7 there, 8 now" in line and "--overwrite" in line
+    assert main(_cli(models, out, "--classes", "1", "3", "--seed", "7", "--full-cache")) == 2
+    assert "cache: 'compressed' there, 'full' now" in _one_error_line(capsys)
+    assert _mtimes(out) == before
+    # --overwrite replaces: exactly the new set of samples is left
+    assert main(_cli(models, out, "--classes", "4", "--seed", "8", "--overwrite")) == 0
+    assert sorted(p.name for p in (out / PNG_DIR).iterdir()) == [png_name(0, 4)]
+    assert _npz(out)[1].tolist() == [4] and json.loads((out / RECORD_FILE).read_text())["seed"] == 8
+    capsys.readouterr()
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    for target in (foreign, foreign / "notes.txt"):
+        kept = _mtimes(foreign)
+        assert main(_cli(models, target, "--classes", "1")) == 2
+        assert str(target) in _one_error_line(capsys)
+        assert _mtimes(foreign) == kept and (foreign / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,9 @@ network behind the default weights, so the numbers are comparable); KID and prec
 REF images. Inception Score needs ``--inception FILE --inception-has-classifier`` (weights with the
 1008-way classifier, e.g. torch-fidelity's pt_inception-2015-12-05 file). Without --inception the
 weights of ``mergevq prepare-weights`` are used (under ``$MERGEVQ_CACHE/weights``). Under torchrun each
-rank extracts the features of its share of the images. ``--out`` writes the metrics as JSON.
+rank extracts the features of its share of the images. ``--out`` writes the metrics as JSON: a new
+file, or one an earlier evaluate-generation wrote (replaced); a folder or another file is refused
+before any work.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--inception-has-classifier", action="store_true",
                         help="the Inception weights have the real 1008-way classifier: also compute IS")
     parser.add_argument("--batch-size", type=int, default=50, help="images per Inception batch and rank")
-    parser.add_argument("--out", default=None, help="write the metrics as JSON here")
+    parser.add_argument("--out", default=None, metavar="FILE.json", help="write the metrics as JSON here")
     parser.add_argument("--accelerator", default="auto", help="auto | cpu | cuda | npu")
     parser.add_argument("--kid-subset-size", type=int, default=1000, help="KID subset size (capped at the smaller set)")
     parser.set_defaults(run=run)
@@ -40,16 +42,20 @@ def run(args: argparse.Namespace) -> int:
     from mergevq.distributed import init_from_env, shutdown
     from mergevq.errors import ConfigError
     from mergevq.inference.generation_eval import (
+        COMMAND,
         MetricSettings,
         evaluate_generation,
         load_images,
         load_reference,
     )
     from mergevq.metrics.fid import InceptionFeatures
+    from mergevq.outputs import check_output_file
 
     if args.batch_size < 1 or args.kid_subset_size < 2:
         raise ConfigError(f"--batch-size {args.batch_size} / --kid-subset-size {args.kid_subset_size}: "
                           "expected >= 1 / >= 2")
+    if args.out:
+        check_output_file(args.out, command=COMMAND)
     # the inputs first: a wrong path fails in a second, before any weights are read
     samples = load_images(args.samples)
     reference = load_reference(args.ref)

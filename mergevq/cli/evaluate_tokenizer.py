@@ -15,7 +15,9 @@ eval.inception_weights=FILE, eval.lpips_weights=FILE, eval.precision=bf16-mixed 
 
 Writes ``tokenizer_eval.json`` (every number, the settings, the tokenizer source) and
 ``tokenizer_eval.md`` (one row per K) into --out (default: ``eval_tokenizer/`` next to the
-tokenizer) and prints the table. Several processes: launch with torchrun (or
+tokenizer) and prints the table. --out must be new, empty or an earlier evaluate-tokenizer output
+(replaced once the new numbers are ready); another folder or a file is refused before any work.
+Several processes: launch with torchrun (or
 scripts/evaluation/evaluation_mergevq.sh); the set is sharded and the results equal one process's.
 """
 
@@ -27,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EvalSetup", "add_parser", "default_out_dir", "prepare_eval", "run"]
+__all__ = ["EvalSetup", "add_parser", "default_out_dir", "prepare_eval", "run", "run_settings"]
 
 CONFIGS = {"imagenet": "evaluation/tokenizer", "folder": "evaluation/tokenizer_folder",
            "demo": "evaluation/tokenizer_demo"}
@@ -50,6 +52,12 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--demo", action="store_true",
                         help="the embedded 32 px demo crops (configs/evaluation/tokenizer_demo.yaml)")
     parser.add_argument("--raw", action="store_true", help="a run directory's raw weights instead of the EMA")
+
+
+def run_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What the command line asked for, recorded in the output folder's claim (mergevq.outputs)."""
+    return {"tokenizer": str(Path(args.tokenizer).expanduser().resolve()), "raw": bool(args.raw),
+            "num_keep": args.num_keep, "folder": args.folder, "demo": bool(args.demo), "items": list(args.items)}
 
 
 def add_parser(subparsers) -> None:
@@ -139,8 +147,13 @@ def run(args: argparse.Namespace) -> int:
     from mergevq.fileio import atomic_write
     from mergevq.inference.tokenizer_eval import evaluate_tokenizer
     from mergevq.metrics.fid import InceptionFeatures
+    from mergevq.outputs import plan_output_dir
     from mergevq.pretrained import load_lpips
 
+    out = Path(args.out) if args.out is not None else default_out_dir(args.tokenizer, "eval_tokenizer")
+    # every rank refuses a bad --out before any work; rank 0 replaces an earlier output only at the end
+    plan = plan_output_dir(out, command="evaluate-tokenizer", settings=run_settings(args),
+                           patterns=(JSON_FILE, TABLE_FILE), resumable=False)
     try:
         setup = prepare_eval(args)
         settings = setup.settings
@@ -154,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
             autocast_dtype=setup.autocast_dtype, num_workers=settings["num_workers"],
         )
         if setup.context.is_main:
-            out = Path(args.out) if args.out is not None else default_out_dir(args.tokenizer, "eval_tokenizer")
+            plan.apply()
             report = {"tokenizer": str(Path(args.tokenizer).expanduser().resolve()), "raw": bool(args.raw),
                       "config_files": list(setup.config_files), "eval": settings, "data": setup.data_node,
                       "result": result.to_dict()}
@@ -164,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
             with atomic_write(out / TABLE_FILE, text=True) as handle:
                 handle.write(table + "\n")
             print(table)
-            skipped = f", {result.num_skipped} unreadable skipped" if result.num_skipped else ""
+            skipped = f", {result.num_skipped} skipped (unreadable or over the pixel limit)" if result.num_skipped else ""
             print(f"{result.num_images} images{skipped}, {result.world_size} process(es), "
                   f"{result.sweep_images_per_s:.1f} images/s over the sweep ({result.total_seconds:.1f} s)")
             print(f"wrote {out / JSON_FILE} and {out / TABLE_FILE}")

@@ -1,7 +1,7 @@
 """``mergevq extract-codes``: the Stage 2 training data (DESIGN §5 "Training data").
 
     mergevq extract-codes TOKENIZER OUT_DIR [KEY=VALUE ...] [--config NAME | --demo | --folder PATH]
-                          [--raw] [--force]
+                          [--raw] [--overwrite]
 
 Runs TOKENIZER (an exported folder, a ``mergevq train`` run directory or a checkpoint; EMA weights
 unless --raw) once over a data set and writes OUT_DIR: per image its class label, a kept-token count
@@ -16,8 +16,10 @@ The data set: ImageNet train (``--config extract/imagenet``, the default; set
 ``extract.seed=1 extract.flip=false extract.k_candidates=[144,256] extract.batch_size=128``.
 
 Re-running the same command is a no-op (an interrupted run resumes at the missing shards); OUT_DIR
-written with another tokenizer, K candidates, seed, flip or data set is refused unless --force. Under
-torchrun (scripts/train_autoregressive/extract_codes.sh) each process encodes one contiguous slice.
+written with another tokenizer, K candidates, seed, flip or data set is refused unless --overwrite
+(alias --force), which replaces it. A non-empty OUT_DIR that is not a codes folder is refused before
+any work and left untouched. Under torchrun (scripts/train_autoregressive/extract_codes.sh) each
+process encodes one contiguous slice.
 Options may come anywhere; KEY=VALUE overrides may also follow them.
 """
 
@@ -51,7 +53,8 @@ def add_parser(subparsers) -> None:
     source.add_argument("--folder", default=None, metavar="PATH",
                         help=f"any folder of images; class sub-folders give labels ({_FOLDER_CONFIG})")
     parser.add_argument("--raw", action="store_true", help="a run directory / checkpoint's raw weights instead of the EMA")
-    parser.add_argument("--force", action="store_true", help="overwrite OUT_DIR written by another extraction")
+    parser.add_argument("--overwrite", "--force", dest="overwrite", action="store_true",
+                        help="replace codes in OUT_DIR written by another extraction (--force: the old name)")
     parser.set_defaults(run=run, trailing_items="overrides")
 
 
@@ -133,9 +136,15 @@ def run(args: argparse.Namespace) -> int:
     from mergevq.backend import select_backend
     from mergevq.config import load_with_origins
     from mergevq.distributed import init_from_env, shutdown
-    from mergevq.inference.extract_codes import extract_codes
+    from mergevq.inference.extract_codes import OUTPUT_PATTERNS, extract_codes
+    from mergevq.outputs import plan_output_dir
     from mergevq.training.export import load_tokenizer
 
+    # Before any work, on every rank: OUT_DIR is new, empty or a codes folder (also one written before
+    # folders were claimed). The manifest decides reuse (it compares the request), so the claim
+    # records no settings and an interrupted extraction always resumes.
+    plan = plan_output_dir(args.out_dir, command="extract-codes", settings={}, patterns=OUTPUT_PATTERNS,
+                           resumable=True, overwrite=args.overwrite, flag="OUT_DIR", accept_unmarked=True)
     model = load_tokenizer(args.tokenizer, raw=args.raw)  # CPU, eval mode
     config_file, overrides = _config_and_overrides(args, model.config.image_size)
     loaded = load_with_origins([config_file], overrides)
@@ -144,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
     backend = select_backend(accelerator=settings.accelerator, precision=settings.precision)
     ctx = init_from_env(backend=backend.ddp_process_group_backend)
     try:
+        plan.apply_on_main(is_main=ctx.is_main)
         device = backend.device(ctx.local_rank)
         dataset = loaded.instantiate(_DATA_NODE)
         description = OmegaConf.to_container(loaded.select(_DATA_NODE), resolve=True)
@@ -151,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
             model.to(device).eval(), dataset, out_dir=args.out_dir, k_candidates=settings.k_candidates,
             seed=settings.seed, flip=settings.flip, batch_size=settings.batch_size,
             num_workers=settings.num_workers, device=device, autocast_dtype=backend.autocast_dtype,
-            dist=ctx, dataset_description=description, force=args.force,
+            dist=ctx, dataset_description=description, force=args.overwrite,
             progress=_Progress() if ctx.is_main else None,
         )
         if ctx.is_main:
@@ -171,6 +181,6 @@ def _print(result, *, world_size: int) -> None:
           f"{' (+ flipped)' if m.has_flip else ''}, {len(m.shards)} shard(s), L={m.num_tokens} "
           f"grid={m.grid[0]}x{m.grid[1]}, {m.num_classes} classes")
     print(f"K counts: {', '.join(f'{k}: {c}' for k, c in sorted(m.k_counts.items()))}")
-    print(f"unreadable images skipped: {m.num_skipped}")
+    print(f"images skipped (unreadable or over the pixel limit): {m.num_skipped}")
     print(f"rank 0: {result.images_encoded} images in {result.seconds:.1f} s ({rate:.1f} images/s"
           f"{', x2 with flip' if m.has_flip else ''}; {world_size} process(es))")

@@ -10,7 +10,8 @@ LARS or SGD, warmup + cosine, epochs and batch size under ``probe``). Data: Imag
 (``probe/imagenet``; set ``data.params.train.params.root`` and ``data.params.validation.params.root``),
 ``--folder ROOT`` for ROOT/train/<class>/* and ROOT/val/<class>/*, ``--demo`` for the 10 demo classes.
 Prints top-1 / top-5 on the validation set and writes them, with the settings and timings, to a
-JSON file (default: ``linear_probe/K<K>_<feature>.json`` beside the tokenizer).
+JSON file (default: ``linear_probe/K<K>_<feature>.json`` beside the tokenizer): a new file, or one
+an earlier linear-probe wrote (replaced); a folder or another file is refused before any work.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 from pathlib import Path
 
 _DEFAULT_CONFIG = "probe/imagenet"
+_COMMAND = "linear-probe"
 
 
 def add_parser(subparsers) -> None:
@@ -68,10 +70,13 @@ def run(args: argparse.Namespace) -> int:
     from mergevq.config import load_with_origins
     from mergevq.errors import ConfigError
     from mergevq.fileio import atomic_write
+    from mergevq.outputs import check_output_file
     from mergevq.paths import resolve_config
     from mergevq.training.export import load_tokenizer
     from mergevq.training.probe_module import fit_linear_probe
 
+    if args.out is not None:
+        check_output_file(args.out, command=_COMMAND)
     configs = [item for item in args.items if "=" not in item]
     overrides = [item for item in args.items if "=" in item]
     if args.demo or args.folder is not None:
@@ -92,6 +97,10 @@ def run(args: argparse.Namespace) -> int:
     overrides.append(f"probe.image_size={tokenizer.config.image_size}")
     loaded = load_with_origins([resolve_config(c) for c in configs or [_DEFAULT_CONFIG]], overrides)
     settings = _settings(loaded)
+    # the default file name needs K: resolved (and checked) as the probe will, so a refusal comes before any work
+    num_keep = tokenizer.check_num_keep(tokenizer.config.num_keep if settings.num_keep is None else settings.num_keep)
+    out = args.out if args.out is not None else _default_out(args.tokenizer, num_keep, settings.feature)
+    out = check_output_file(out, command=_COMMAND)
     loaded.validate("data")
     datamodule = loaded.instantiate("data")
     if datamodule.train_dataset is None or datamodule.val_dataset is None:
@@ -103,9 +112,8 @@ def run(args: argparse.Namespace) -> int:
         num_workers=datamodule.num_workers,
         train_loader=None if settings.precompute else datamodule.train_dataloader(),
     )
-    out = Path(args.out) if args.out is not None else _default_out(args.tokenizer, result.num_keep, result.feature)
-    record = {"tokenizer": str(args.tokenizer), "configs": list(loaded.files), "settings": dataclasses.asdict(settings),
-              **result.to_dict()}
+    record = {"command": _COMMAND, "tokenizer": str(args.tokenizer), "configs": list(loaded.files),
+              "settings": dataclasses.asdict(settings), **result.to_dict()}
     with atomic_write(out, text=True) as handle:
         json.dump(record, handle, indent=2)
     print(f"linear probe of {args.tokenizer} at K={result.num_keep}, feature={result.feature} "

@@ -8,13 +8,17 @@ Data and settings as ``mergevq evaluate-tokenizer`` (configs/evaluation/tokenize
 PATH for any folder of images; eval.max_images=N for the first N only). OUT_DIR receives
 ``original/<name>.png``, ``K<k>/<name>.png`` and ``groups_K<k>/<name>.png`` (one colour per kept
 token). ``original/`` and ``K<k>/`` are matching PNG folders that any folder-based FID tool reads.
+
+OUT_DIR must be new, empty or an earlier ``mergevq reconstruct`` output, which is replaced (its
+folders removed first, so no old image is left beside the new ones); any other folder or a file is
+refused and left untouched.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from mergevq.cli.evaluate_tokenizer import add_common_arguments, prepare_eval
+from mergevq.cli.evaluate_tokenizer import add_common_arguments, prepare_eval, run_settings
 
 
 def add_parser(subparsers) -> None:
@@ -30,10 +34,15 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mergevq.distributed import barrier, shutdown
-    from mergevq.inference.reconstruct import reconstruct_images
+    from mergevq.inference.reconstruct import OUTPUT_PATTERNS, reconstruct_images
+    from mergevq.outputs import plan_output_dir
 
+    # decided on every rank before any work; applied once every rank has joined the process group
+    plan = plan_output_dir(args.out, command="reconstruct", settings=run_settings(args), patterns=OUTPUT_PATTERNS,
+                           resumable=False)
     try:
         setup = prepare_eval(args)
+        plan.apply_on_main(is_main=setup.context.is_main)
         result = reconstruct_images(
             setup.model, setup.dataset, num_keep=setup.num_keep, out_dir=args.out,
             batch_size=setup.settings["batch_size"], device=setup.device, context=setup.context,
@@ -41,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
             group_scale=args.group_scale,
         )
         if setup.context.is_main:
-            skipped = f" ({result.num_skipped} unreadable skipped)" if result.num_skipped else ""
+            skipped = f" ({result.num_skipped} skipped: unreadable or over the pixel limit)" if result.num_skipped else ""
             ks = ", ".join(str(k) for k in result.num_keep)
             print(f"wrote {result.num_images} images{skipped} at K = {ks} to {result.out_dir} "
                   f"in {result.seconds:.1f} s")

@@ -3,7 +3,7 @@
     mergevq sample --ar AR --tokenizer TOK --out DIR [--per-class 50] [--classes 0 1 ...] [--seed 0]
                    [--num-keep K] [--cfg-scale S [S2]] [--cfg-schedule constant|linear] [--temperature 1]
                    [--top-k 0] [--top-p 1] [--full-cache] [--write both|png|npz] [--batch-size 32]
-                   [--accelerator auto] [--precision 32]
+                   [--accelerator auto] [--precision 32] [--overwrite]
 
 AR / TOK: an exported folder, a ``mergevq train`` run directory (newest checkpoint, EMA weights) or a
 checkpoint file. Samples ``--per-class`` images of every class (or of ``--classes``), class-major;
@@ -14,12 +14,20 @@ instruction given to MergeAR. ``--cfg-scale``: one value for every sub-token or 
 Writes ``DIR/samples.npz`` (``arr_0`` N x H x W x 3 uint8 in sample order, ``arr_1`` labels; the input
 of ``mergevq evaluate-generation`` and of guided-diffusion's evaluator), ``DIR/png/<i>_<label>.png`` and
 ``DIR/sample.json`` (settings, counts, KV-cache statistics, speed). Under torchrun each rank samples
-a contiguous share; for the npz, DIR must be on a disk every node sees.
+a contiguous share; DIR must be on a disk every node sees.
+
+Resuming: a run that was killed or failed is continued by running the same command again (any
+--batch-size, any number of processes): finished samples are kept, the others are generated with
+their own seeds, and the npz equals an uninterrupted run's. A finished DIR is left as it is. DIR
+holding samples of other settings (weights, classes, seed, K, sampling options, cache, precision,
+--write) is refused unless --overwrite, which replaces them; any other non-empty DIR is refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 
 _WRITE = {"both": (True, True), "png": (True, False), "npz": (False, True)}  # -> (png, npz)
 
@@ -47,17 +55,41 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="samples per batch and rank")
     parser.add_argument("--accelerator", default="auto", help="auto | cpu | cuda | npu")
     parser.add_argument("--precision", default="32", help="32 | bf16-mixed | 16-mixed")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace samples in DIR made with other settings (same settings resume)")
     parser.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    import json
+class _Progress:
+    """Lines on stderr (rank 0): how many samples an interrupted run had finished, then one every
+    ~10 % of this process's share."""
 
+    def __init__(self, out: str) -> None:
+        self.out = out
+        self.started = time.perf_counter()
+        self.next_report = 0.1
+
+    def __call__(self, progress) -> None:
+        if progress.done == 0:
+            self.started = time.perf_counter()  # the rate counts generation, not loading and hashing
+            if progress.already_done:
+                print(f"sample: resuming {self.out}: {progress.already_done} of {progress.total} samples were "
+                      f"done, {progress.total - progress.already_done} to go", file=sys.stderr, flush=True)
+            return
+        share = progress.done / max(progress.assigned, 1)
+        if share >= self.next_report or progress.done == progress.assigned:
+            rate = progress.done / max(time.perf_counter() - self.started, 1e-9)
+            print(f"sample: {progress.done}/{progress.assigned} samples ({rate:.2f} samples/s)", file=sys.stderr,
+                  flush=True)
+            while self.next_report <= share:
+                self.next_report += 0.1
+
+
+def run(args: argparse.Namespace) -> int:
     from mergevq.ar.sampling import SamplingSettings
     from mergevq.backend import select_backend
     from mergevq.distributed import init_from_env, shutdown
     from mergevq.errors import ConfigError
-    from mergevq.fileio import atomic_write
     from mergevq.inference.sample import class_labels, sample_to_disk
     from mergevq.training.ar_export import load_mergear
     from mergevq.training.export import load_tokenizer
@@ -82,25 +114,33 @@ def run(args: argparse.Namespace) -> int:
     ctx = init_from_env(backend=backend.ddp_process_group_backend)
     try:
         device = backend.device(ctx.local_rank)
+        run_info = {"ar": str(args.ar), "tokenizer": str(args.tokenizer), "seed": args.seed,
+                    "per_class": args.per_class, "classes": args.classes, "num_classes": len(classes),
+                    "settings": {"cfg_scale": list(settings.cfg_scale), "cfg_schedule": settings.cfg_schedule,
+                                 "temperature": settings.temperature, "top_k": settings.top_k,
+                                 "top_p": settings.top_p},
+                    "world_size": ctx.world_size, "precision": backend.precision}
         result = sample_to_disk(model.to(device), tokenizer.to(device), labels=labels, num_keep=num_keep,
                                 settings=settings, seed=args.seed, out_dir=args.out, batch_size=args.batch_size,
                                 device=device, context=ctx, write_png=write_png, write_npz=write_npz,
-                                compressed_cache=not args.full_cache, autocast_dtype=backend.autocast_dtype)
+                                compressed_cache=not args.full_cache, autocast_dtype=backend.autocast_dtype,
+                                overwrite=args.overwrite, run_info=run_info,
+                                progress=_Progress(args.out) if ctx.is_main else None)
         if ctx.is_main:
-            record = {"ar": str(args.ar), "tokenizer": str(args.tokenizer), "seed": args.seed,
-                      "per_class": args.per_class, "classes": args.classes, "num_classes": len(classes),
-                      "settings": {"cfg_scale": list(settings.cfg_scale), "cfg_schedule": settings.cfg_schedule,
-                                   "temperature": settings.temperature, "top_k": settings.top_k,
-                                   "top_p": settings.top_p},
-                      "world_size": ctx.world_size, "precision": backend.precision, **result.to_dict()}
-            with atomic_write(f"{args.out}/sample.json", text=True) as handle:
-                json.dump(record, handle, indent=2)
-                handle.write("\n")
-            print(f"wrote {result.num_samples} samples ({result.image_shape[0]}x{result.image_shape[1]}) to "
-                  f"{result.out_dir} in {result.seconds:.1f} s ({result.images_per_second:.2f} images/s)")
-            print(f"KV cache ({'compressed' if result.compressed_cache else 'full'}): mean peak "
-                  f"{result.mean_peak_cache_entries:.1f} entries of L={result.num_tokens} tokens "
-                  f"(+ prefix), mean unique tokens {result.mean_unique_tokens:.1f} at K={result.num_keep}")
+            _print(result)
     finally:
         shutdown()
     return 0
+
+
+def _print(result) -> None:
+    if result.up_to_date:
+        print(f"{result.out_dir} already holds these {result.num_samples} samples; nothing to do")
+        return
+    resumed = f" ({result.num_resumed} kept from an interrupted run)" if result.num_resumed else ""
+    print(f"wrote {result.num_samples} samples ({result.image_shape[0]}x{result.image_shape[1]}){resumed} to "
+          f"{result.out_dir}; generated {result.num_generated} in {result.seconds:.1f} s "
+          f"({result.images_per_second:.2f} images/s)")
+    print(f"KV cache ({'compressed' if result.compressed_cache else 'full'}): mean peak "
+          f"{result.mean_peak_cache_entries:.1f} entries of L={result.num_tokens} tokens "
+          f"(+ prefix), mean unique tokens {result.mean_unique_tokens:.1f} at K={result.num_keep}")

@@ -50,10 +50,13 @@ from mergevq.data.codes import (
 )
 from mergevq.distributed import DistContext
 from mergevq.errors import ConfigError
+from mergevq.inference.fingerprint import weights_id
 from mergevq.tokenizer.model import MergeVQ
 
-__all__ = ["ExtractionRequest", "ExtractionResult", "check_tokenizer", "draw_num_keep", "expanded_sequences",
-           "extract_codes", "tokenizer_id"]
+__all__ = ["OUTPUT_PATTERNS", "ExtractionRequest", "ExtractionResult", "check_tokenizer", "draw_num_keep",
+           "expanded_sequences", "extract_codes", "tokenizer_id"]
+
+OUTPUT_PATTERNS = (MANIFEST_FILE, "shard-*")  # every top-level name a codes folder holds
 
 _UNLABELLED = -1
 
@@ -64,16 +67,8 @@ _UNLABELLED = -1
 
 
 def tokenizer_id(model: MergeVQ) -> str:
-    """sha256 over the tokenizer's config (canonical JSON) and every state-dict tensor (name, dtype,
-    shape, raw bytes, in sorted name order): the same weights give the same id on any device."""
-    digest = hashlib.sha256()
-    digest.update(json.dumps(model.config.to_dict(), sort_keys=True).encode())
-    state = model.state_dict()
-    for name in sorted(state):
-        tensor = state[name].detach().to("cpu").contiguous()
-        digest.update(f"\n{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    """The tokenizer's :func:`~mergevq.inference.fingerprint.weights_id` (what a manifest records)."""
+    return weights_id(model)
 
 
 def check_tokenizer(manifest: CodesManifest, model: MergeVQ, *, source: str | os.PathLike) -> None:
@@ -224,14 +219,14 @@ def _existing_manifest(out_dir: Path, request: ExtractionRequest, *, force: bool
     except ConfigError as err:
         if force:
             return None, False
-        raise ConfigError(f"{err}; use --force to overwrite {out_dir}") from None
+        raise ConfigError(f"{err}; use --overwrite to replace {out_dir}") from None
     problem = request.mismatch(manifest)
     if problem is not None:
         if force:
             return manifest, False
         raise ConfigError(
             f"{out_dir / MANIFEST_FILE} was written by another extraction: {problem}; use another "
-            "output folder or --force to overwrite it"
+            "output folder or --overwrite to replace it"
         )
     try:
         for s in manifest.shards:

@@ -57,6 +57,7 @@ from mergevq.metrics.fid import (
 )
 
 __all__ = [
+    "COMMAND",
     "Features",
     "GenerationMetrics",
     "ImageArray",
@@ -71,6 +72,7 @@ __all__ = [
     "load_reference",
 ]
 
+COMMAND = "evaluate-generation"  # recorded in the metrics JSON
 POOL_DIM = 2048  # Inception pool3, the features ADM's mu / sigma are computed from
 LOGITS_DIM = 1008
 
@@ -281,8 +283,10 @@ class GenerationMetrics:
         return out
 
     def write_json(self, path: str | os.PathLike) -> Path:
+        """The metrics as JSON, with ``"command"`` so that a re-run may replace the file
+        (:func:`mergevq.outputs.check_output_file`)."""
         with atomic_write(path, text=True) as handle:
-            json.dump(self.to_dict(), handle, indent=2)
+            json.dump({"command": COMMAND, **self.to_dict()}, handle, indent=2)
             handle.write("\n")
         return Path(path)
 

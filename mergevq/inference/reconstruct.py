@@ -12,7 +12,8 @@ Output layout (``out_dir``)::
 paths, so pairs match by file name across folders, and ``original/`` vs ``K<k>/`` can be handed to
 any folder-based FID tool (torch-fidelity's ``calculate_metrics(input1=..., input2=...)`` gives the
 rFID that ``evaluate-tokenizer`` reports). Ranks write disjoint contiguous shards; every image is
-copied to the host once per batch.
+copied to the host once per batch. The command claims ``out_dir`` first (:mod:`mergevq.outputs`,
+names :data:`OUTPUT_PATTERNS`): an earlier reconstruction there is replaced, never mixed with this one.
 """
 
 from __future__ import annotations
@@ -37,11 +38,12 @@ from mergevq.tokenizer.model import MergeVQ
 from mergevq.visual import merge_groups_picture, reconstruction_grid, save_png, to_uint8
 from taming.data.base import collate_skip_none
 
-__all__ = ["ORIGINALS", "PAIRS", "ReconstructionResult", "groups_folder", "image_name", "reconstruct_images",
-           "reconstruction_folder"]
+__all__ = ["OUTPUT_PATTERNS", "ORIGINALS", "PAIRS", "ReconstructionResult", "groups_folder", "image_name",
+           "reconstruct_images", "reconstruction_folder"]
 
 ORIGINALS = "original"
 PAIRS = "pairs"
+OUTPUT_PATTERNS = (ORIGINALS, PAIRS, "K[0-9]*", "groups_K[0-9]*")  # every top-level name written into out_dir
 
 
 def reconstruction_folder(num_keep: int) -> str:
