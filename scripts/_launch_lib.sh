@@ -38,6 +38,18 @@ set_rendezvous() {
   fi
 }
 
+# Sets the array `resume`: `--resume auto` (a requeued or restarted job continues its run; a first
+# launch starts fresh) unless the arguments already say --resume or --overwrite.
+set_default_resume() {
+  resume=(--resume auto)
+  local arg
+  for arg in "$@"; do
+    case $arg in
+      --resume | --resume=* | --overwrite) resume=(); return ;;
+    esac
+  done
+}
+
 # run_or_print NAME CMD...: with MERGEVQ_DRY_RUN=1 print CMD (shell-quoted) on stdout and exit;
 # otherwise log it on stderr as "NAME: CMD" and let the shell become it.
 run_or_print() {

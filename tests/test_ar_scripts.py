@@ -42,12 +42,17 @@ def _dry(*args: str, **env: str) -> list[str]:
 
 
 def _split(argv: list[str]) -> tuple[dict[str, str], list[str]]:
-    """(torchrun flags, everything after ``-m mergevq train``)."""
+    """(torchrun flags, everything after ``-m mergevq train`` less the final ``--resume auto`` that a
+    launch adds unless the user's arguments say --resume or --overwrite)."""
     for i in range(len(argv) - 2):
         if argv[i : i + 3] == ["-m", "mergevq", "train"]:
             head = argv[:i]
             flags = dict(a[2:].split("=", 1) for a in head if a.startswith("--") and "=" in a)
-            return flags, argv[i + 3 :]
+            rest = argv[i + 3 :]
+            if "--overwrite" not in rest and "--resume" not in rest[:-2]:
+                assert rest[-2:] == ["--resume", "auto"], rest
+                rest = rest[:-2]
+            return flags, rest
     raise AssertionError(f"no '-m mergevq train' in {argv}")
 
 

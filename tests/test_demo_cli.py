@@ -30,6 +30,23 @@ def test_demo_data_only_writes_picture_and_metrics(tmp_path, capsys):
     assert str(out / "demo_data.png") in printed
 
 
+def test_demo_rerun_replaces_its_own_output_and_refuses_a_foreign_folder(tmp_path, capsys):
+    out = tmp_path / "demo_out"
+    args = ["--data-only", "demo_data.train_per_photo=4", "demo_data.val_per_photo=2", "demo_data.resolution=16"]
+    assert main(["demo", "--out", str(out), *args]) == 0
+    (out / "tokenizer_run" / "checkpoints").mkdir(parents=True)  # as a full run leaves it
+    assert main(["demo", "--out", str(out), *args]) == 0  # its own output: replaced
+    assert not (out / "tokenizer_run").exists() and (out / "demo_data.png").is_file()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("months of work")
+    capsys.readouterr()
+    assert main(["demo", "--out", str(mine), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not empty" in err[0]
+    assert [p.name for p in mine.iterdir()] == ["thesis.tex"]
+
+
 def test_demo_short_run_writes_both_stages(tmp_path, capsys):
     from PIL import Image
 

@@ -61,10 +61,15 @@ def _dry(script: Path, *args: str, **env: str) -> list[str]:
 
 
 def _train_part(argv: list[str]) -> list[str]:
-    """Everything after ``-m mergevq train``."""
+    """Everything after ``-m mergevq train``, less the ``--resume auto`` that every launch ends with
+    (a requeued job continues its run) unless the user's arguments chose --resume or --overwrite."""
     for i in range(len(argv) - 2):
         if argv[i : i + 3] == ["-m", "mergevq", "train"]:
-            return argv[i + 3 :]
+            rest = argv[i + 3 :]
+            if "--overwrite" in rest or "--resume" in rest[:-2]:
+                return rest
+            assert rest[-2:] == ["--resume", "auto"], rest
+            return rest[:-2]
     raise AssertionError(f"no '-m mergevq train' in {argv}")
 
 

@@ -31,6 +31,11 @@ import time
 from pathlib import Path
 
 
+# What the demo writes into --out (a re-run removes exactly these before it starts).
+DEMO_ENTRIES = ("demo_data.png", "demo_data.json", "tokenizer_run", "k_sweep.md", "metrics.json", "reconstructions.png",
+                "merge_groups.png", "codes", "mergear_run", "samples.png", "mergear_metrics.json")
+
+
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="run the CPU demo end to end on the embedded demo images",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -96,9 +101,14 @@ def run(args: argparse.Namespace) -> int:
     from mergevq.paths import resolve_config
     from mergevq.visual import save_png
 
+    from mergevq.outputs import claim_output_dir
+
     out = Path(args.out)
     start = time.perf_counter()
     loaded = load_with_origins([resolve_config(args.config)], args.overrides)
+    # A re-run replaces its own earlier output (and only that); any other non-empty folder is refused.
+    claim_output_dir(out, command="demo", settings={"config": str(args.config), "overrides": list(args.overrides)},
+                     patterns=DEMO_ENTRIES, resumable=False)
     loaded.validate("data")
     datamodule = loaded.instantiate("data")
     build_s = time.perf_counter() - start

@@ -29,13 +29,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mergevq.data.datamodule import accelerator_present
-from mergevq.data.samplers import EpochShuffleSampler
+from mergevq.data.samplers import ResumableDataModule
 from mergevq.errors import ConfigError
 from mergevq.fileio import atomic_write
 
@@ -364,18 +363,19 @@ class CodesDataset(Dataset):
             np.zeros(0, np.int64)
 
 
-class CodesDataModule(pl.LightningDataModule):
+class CodesDataModule(ResumableDataModule):
     """Train / validation loaders over code data sets (usually :class:`CodesDataset`).
 
     Batches: ``{"indices": (B, L) int64, "label": (B,) int64, "num_keep": (B,) int64}``. Training
-    batches are shuffled in an order that depends only on (``seed``, epoch), so a resumed run sees the
-    order an uninterrupted one would (:class:`~mergevq.data.samplers.EpochShuffleSampler`), and full
+    batches are shuffled in an order that depends only on (``seed``, epoch), sharded over the ranks,
+    and a resumed run continues the epoch where the checkpoint was written
+    (:class:`~mergevq.data.samplers.ResumableDataModule`); they are full
     (``drop_last``: uniform shapes); validation is in order and complete.
     """
 
     def __init__(self, *, train: Dataset, validation: Dataset | None = None, batch_size: int,
                  num_workers: int = 0, seed: int = 0) -> None:
-        super().__init__()
+        super().__init__(seed=seed)
         if batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
         if num_workers < 0:
@@ -384,14 +384,13 @@ class CodesDataModule(pl.LightningDataModule):
         self.val_dataset = validation
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.seed = seed
 
     def _loader(self, dataset: Dataset, *, train: bool) -> DataLoader:
         return DataLoader(
             dataset, batch_size=self.batch_size, drop_last=train,
-            sampler=EpochShuffleSampler(length=len(dataset), seed=self.seed) if train else None,
+            sampler=self.train_sampler(len(dataset), keyed=False, batch_size=self.batch_size) if train else None,
             num_workers=self.num_workers, pin_memory=accelerator_present(),
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=self.num_workers > 0, generator=self.loader_generator(),
         )
 
     def train_dataloader(self) -> DataLoader:

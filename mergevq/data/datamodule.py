@@ -10,17 +10,19 @@ case that every image of a batch is unreadable the batch holds *only* those two 
 training/validation step must skip it (``if "image" not in batch``). Add
 ``mergevq.data.skips.SkippedImagesReport`` to the trainer's callbacks to report the counts.
 
-Distributed: no sampler is created here; Lightning injects a ``DistributedSampler`` (shuffling
-for train, none for val) when it runs under DDP, and sets its epoch. This module imports no model
-code.
+Training order (``mergevq.data.samplers``): a permutation of (``seed``, epoch), sharded over the
+ranks by the sampler itself, resumed mid-epoch exactly where the checkpoint was written; each sample's
+crop and flip are drawn from a generator seeded with (``seed``, epoch, index), so they do not depend
+on the number of workers. Validation: in order; under DDP Lightning shards it. This module imports
+no model code.
 """
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from mergevq.data.samplers import ResumableDataModule, SeededSamples
 from mergevq.errors import ConfigError
 from taming.data.base import collate_skip_none
 
@@ -35,7 +37,7 @@ def accelerator_present() -> bool:
     return torch.cuda.is_available()
 
 
-class ImageDataModule(pl.LightningDataModule):
+class ImageDataModule(ResumableDataModule):
     """Train/validation DataLoaders over given datasets, skipping unreadable images.
 
     Args:
@@ -47,6 +49,7 @@ class ImageDataModule(pl.LightningDataModule):
         pin_memory: pin host memory (only applied when an accelerator is present).
         persistent_workers: keep workers alive across epochs (only with ``num_workers > 0``).
         drop_last: drop the last incomplete training batch (keeps per-step shapes uniform).
+        seed: the training order and the per-sample augmentation seeds (configs: ``${run.seed}``).
     """
 
     def __init__(
@@ -60,8 +63,9 @@ class ImageDataModule(pl.LightningDataModule):
         pin_memory: bool = True,
         persistent_workers: bool = True,
         drop_last: bool = True,
+        seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(seed=seed)
         if train is None and validation is None:
             raise ConfigError("data: give at least one of train or validation (a dataset node)")
         if batch_size < 1:
@@ -82,14 +86,15 @@ class ImageDataModule(pl.LightningDataModule):
     def _loader(self, dataset: Dataset, *, batch_size: int, train: bool) -> DataLoader:
         workers = self.num_workers
         return DataLoader(
-            dataset,
+            SeededSamples(dataset=dataset, seed=self.seed) if train else dataset,
             batch_size=batch_size,
-            shuffle=train,
+            sampler=self.train_sampler(len(dataset), keyed=True, batch_size=batch_size) if train else None,
             drop_last=self.drop_last if train else False,
             num_workers=workers,
             collate_fn=collate_skip_none,
             pin_memory=self.pin_memory and accelerator_present(),
             persistent_workers=self.persistent_workers and workers > 0,
+            generator=self.loader_generator(),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -7,7 +7,6 @@ through both caches and reports the largest logit difference)."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -81,11 +80,8 @@ def run_generator_stage(*, tokenizer: MergeVQ, train_images: Dataset, class_name
                         log: Callable[[str], object] = print) -> GeneratorStage:
     """``train_images``: the demo training crops without random flips (items ``{"image",
     "class_label"}``); the flipped sequences are stored by the extraction itself."""
-    codes_dir = out / CODES_SUBDIR
+    codes_dir = out / CODES_SUBDIR  # fresh: ``mergevq demo`` claimed ``out`` (outputs.py) before Stage 1
     run_dir = out / RUN_SUBDIR
-    for folder in (codes_dir, run_dir):  # both belong to the tokenizer Stage 1 just trained
-        if folder.exists():
-            shutil.rmtree(folder)
     start = time.perf_counter()
     extraction = extract_codes(tokenizer, train_images, out_dir=codes_dir, seed=0, flip=True, batch_size=200,
                                dataset_description={"demo": "train", "images": len(train_images)})

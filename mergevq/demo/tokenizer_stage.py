@@ -6,7 +6,6 @@ reconstructions and merge groups."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,11 +75,10 @@ def sweep_ks(tokenizer: MergeVQ) -> list[int]:
 
 def run_tokenizer_stage(*, config: Path, overrides: list[str], out: Path, validation_images: torch.Tensor,
                         networks: EvalNetworks, log: Callable[[str], object] = print) -> TokenizerStage:
-    """Train (a fresh run in ``out/tokenizer_run``), evaluate and draw. ``validation_images``:
+    """Train (a fresh run in ``out/tokenizer_run``, which must not hold checkpoints: ``mergevq demo``
+    claims ``out`` first, removing its own earlier output), evaluate and draw. ``validation_images``:
     (N, 3, H, W) in [-1, 1]."""
     run_dir = out / RUN_SUBDIR
-    if run_dir.exists():  # a fresh run every time: old checkpoints must not be resumed or reported
-        shutil.rmtree(run_dir)
     log(f"stage 1: training the tiny tokenizer ({config}) into {run_dir} ({torch.get_num_threads()} CPU threads)")
     start = time.perf_counter()
     result = train([config], overrides, run_dir=run_dir)

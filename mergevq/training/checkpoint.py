@@ -9,7 +9,8 @@
 * :class:`PeriodicCheckpoint` — writes ``checkpoints/step{S:09d}-epoch{E:04d}.ckpt`` every
   ``every_n_steps`` training steps and when training stops early (``trainer.max_steps``), and
   ``...-end.ckpt`` at the end of every epoch (after validation and the LR-drop step); keeps the
-  ``keep`` newest.
+  ``keep`` newest of this run's history (never a later-numbered file it did not write). A failed
+  write (disk full, permissions) is a one-line ``TrainingError`` and leaves the previous checkpoint.
 * :func:`find_resume_checkpoint` — the newest *complete* checkpoint of a run directory
   (``--resume auto``); :func:`resolve_resume` — ``auto``, a path or nothing.
 """
@@ -118,9 +119,16 @@ def resolve_resume(resume: str | os.PathLike | None, run_dir: str | os.PathLike)
 
 
 def load_checkpoint_file(path: str | os.PathLike, *, map_location: Any = "cpu") -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)`` with the few classes our checkpoints hold allow-listed."""
-    with torch.serialization.safe_globals(_SAFE_GLOBALS):
-        return torch.load(path, map_location=map_location, weights_only=True)
+    """``torch.load(path, weights_only=True)`` with the few classes our checkpoints hold allow-listed.
+    A refused pickle, a corrupt or foreign file, or one that does not hold a checkpoint dict is a
+    one-line :class:`TrainingError` naming the file."""
+    from mergevq.fileio import torch_load
+
+    state = torch_load(path, what="mergevq checkpoint", error=TrainingError, safe_globals=_SAFE_GLOBALS,
+                       map_location=map_location)
+    if not isinstance(state, dict):
+        raise TrainingError(f"{path} is not a mergevq checkpoint: it holds a {type(state).__name__}, not a dict")
+    return state
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -135,15 +143,29 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} does not take storage_options, got {storage_options!r}")
         if self.config_yaml is not None:
             checkpoint = {**checkpoint, CONFIG_KEY: self.config_yaml}
-        with atomic_write(path) as handle:
-            torch.save(checkpoint, handle)
+        try:
+            with atomic_write(path) as handle:
+                torch.save(checkpoint, handle)
+        except (OSError, RuntimeError) as err:
+            # torch.save reports a failed write of its zip writer as a RuntimeError caused by the OSError.
+            cause = err if isinstance(err, OSError) else err.__context__
+            if not isinstance(cause, OSError):
+                raise
+            previous = [p for p in list_checkpoints(Path(path).parent) if p.name != Path(path).name]
+            kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
+            raise TrainingError(f"cannot write checkpoint {path}: {cause.strerror or cause}; {kept} "
+                                f"(the half-written temporary file was removed)") from None
 
     def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> dict[str, Any]:
         if weights_only is False:
             raise TrainingError("mergevq checkpoints are loaded with weights_only=True only")
         if not Path(path).is_file():
             raise ConfigError(f"checkpoint file not found: {path}")
-        return load_checkpoint_file(path, map_location=map_location if map_location is not None else "cpu")
+        checkpoint = load_checkpoint_file(path, map_location=map_location if map_location is not None else "cpu")
+        if CONFIG_KEY not in checkpoint:
+            raise TrainingError(f"{path} has no embedded config ({CONFIG_KEY}): not a checkpoint of mergevq train, "
+                                "so it cannot be resumed")
+        return checkpoint
 
 
 class PeriodicCheckpoint(Checkpoint):
@@ -171,7 +193,10 @@ class PeriodicCheckpoint(Checkpoint):
         trainer.save_checkpoint(path, weights_only=False)  # False: optimizers, loops and callbacks too
         self.saved.append(path)
         if trainer.is_global_zero and self.keep != -1:
-            for old in list_checkpoints(self.dirpath)[: -self.keep]:
+            # Only this run's history (checkpoints up to the one just written) rotates: a later-numbered
+            # file is not an ancestor of this run and is never deleted to make room for it.
+            ours = [p for p in list_checkpoints(self.dirpath) if _order(p) <= _order(path)]
+            for old in ours[: -self.keep]:
                 old.unlink(missing_ok=True)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -198,11 +223,15 @@ def model_from_checkpoint(checkpoint: str | os.PathLike, *, node: str, prefix: s
     """The model a ``mergevq train`` checkpoint holds, in eval mode on the CPU: built as
     ``model_type(config=...)`` from the embedded config's ``node`` (which must build a ``config_type``),
     with the EMA weights unless ``raw``. A checkpoint without EMA weights is an error when
-    ``ema_required``, else its raw weights (the Lightning state dict's keys under ``prefix``) are used."""
+    ``ema_required``, else its raw weights (the Lightning state dict's keys under ``prefix``) are used.
+
+    The embedded config was written by somebody else: it may only build the allow-listed builders of
+    :mod:`mergevq.trust` (checked before anything is imported)."""
     from omegaconf import OmegaConf
 
-    from mergevq.config import from_yaml, instantiate
+    from mergevq.config import from_yaml_with_origins
     from mergevq.training.callbacks import EMA_STATE_KEY
+    from mergevq.trust import TRUSTED_TARGETS
 
     path = Path(checkpoint)
     if not path.is_file():
@@ -212,19 +241,28 @@ def model_from_checkpoint(checkpoint: str | os.PathLike, *, node: str, prefix: s
     state = load_checkpoint_file(path)
     if CONFIG_KEY not in state:
         raise TrainingError(f"{path} has no embedded config ({CONFIG_KEY}): not written by mergevq train")
-    cfg = from_yaml(state[CONFIG_KEY], source=f"{path}:{CONFIG_KEY}")
-    config_node = OmegaConf.select(cfg, node, throw_on_missing=False)
-    if config_node is None:
+    if not isinstance(state[CONFIG_KEY], str):
+        raise TrainingError(f"{path}: {CONFIG_KEY} is a {type(state[CONFIG_KEY]).__name__}, not YAML text: "
+                            "not written by mergevq train")
+    loaded = from_yaml_with_origins(state[CONFIG_KEY], source=f"{path}:{CONFIG_KEY}")
+    if OmegaConf.select(loaded.cfg, node, throw_on_missing=False) is None:
         raise TrainingError(f"{path}: the embedded config has no {node} (not a {model_type.__name__} training run)")
-    config = instantiate(config_node, key=node)
+    config = loaded.instantiate(node, allowed=TRUSTED_TARGETS)
     if not isinstance(config, config_type):
         raise TrainingError(f"{path}: {node} does not build a {config_type.__name__}")
     has_ema = state.get(EMA_STATE_KEY) is not None
     if not raw and not has_ema and ema_required:
         raise TrainingError(f"{path} has no EMA weights ({EMA_STATE_KEY}); export the raw weights with --raw")
     use_ema = not raw and has_ema
-    weights = state[EMA_STATE_KEY] if use_ema else {
-        k[len(prefix):]: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
+    if use_ema:
+        weights = state[EMA_STATE_KEY]
+    elif isinstance(state.get("state_dict"), dict):
+        weights = {k[len(prefix):]: v for k, v in state["state_dict"].items()
+                   if isinstance(k, str) and k.startswith(prefix)}
+    else:
+        raise TrainingError(f"{path} has no state_dict: not a checkpoint of mergevq train")
+    if not isinstance(weights, dict):
+        raise TrainingError(f"{path}: {EMA_STATE_KEY} is a {type(weights).__name__}, not a state dict")
     model = model_type(config=config)
     try:
         model.load_state_dict(weights, strict=True)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from mergevq.config import LoadedConfig, load_with_origins, save, to_yaml, validate
+from mergevq.config import LoadedConfig, check_types, load_with_origins, save, to_yaml, validate
 from mergevq.errors import ConfigError
 
 __all__ = ["RunSettings", "TrainResult", "TrainerSettings", "build_trainer", "train"]
@@ -56,13 +57,27 @@ def _section(loaded: LoadedConfig, key: str) -> dict[str, Any]:
 
 
 def _from_section(cls: type, values: Mapping[str, Any], *, section: str, loaded: LoadedConfig) -> Any:
+    """The settings dataclass ``cls`` from the config section ``section``: unknown keys, wrong types
+    and out-of-range values are one line naming the file that set the key."""
     names = [f.name for f in dataclasses.fields(cls)]
     for key in values:
         if key not in names:
             raise ConfigError(
                 f"{loaded.origin(f'{section}.{key}')}: unknown key '{section}.{key}'; valid keys: {', '.join(names)}"
             )
-    return cls(**values)
+    check_types(cls, values, key=section, origins=loaded.origins)
+    try:
+        return cls(**values)
+    except _SettingError as err:
+        raise ConfigError(f"{loaded.origin(err.key)}: {err}") from None
+
+
+class _SettingError(ConfigError):
+    """An out-of-range value of a settings section; ``key`` lets :func:`_from_section` name its file."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"key '{key}': {message}")
+        self.key = key
 
 
 @dataclass(frozen=True)
@@ -72,9 +87,9 @@ class RunSettings:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or "/" in self.name:
-            raise ConfigError(f"run.name must be a non-empty name without '/', got {self.name!r}")
+            raise _SettingError("run.name", f"must be a non-empty name without '/', got {self.name!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"run.seed must be an int >= 0, got {self.seed!r}")
+            raise _SettingError("run.seed", f"must be an int >= 0, got {self.seed!r}")
 
 
 @dataclass(frozen=True)
@@ -88,7 +103,7 @@ class TrainerSettings:
     ``devices``: processes per node; ``strategy``: auto | ddp | ddp_spawn | fsdp (mergevq.backend)."""
 
     accelerator: str = "cpu"
-    precision: str = "32"
+    precision: str | int = "32"  # Lightning's names; 32 / 16 may come as numbers (trainer.precision=32)
     devices: int | str = 1
     num_nodes: int = 1
     strategy: str = "auto"
@@ -105,13 +120,14 @@ class TrainerSettings:
         for name in ("max_epochs", "max_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or (value < 1 and value != -1):
-                raise ConfigError(f"trainer.{name} must be -1 or an int >= 1, got {value!r}")
+                raise _SettingError(f"trainer.{name}", f"must be -1 or an int >= 1, got {value!r}")
         if self.max_epochs == -1 and self.max_steps == -1:
-            raise ConfigError("set trainer.max_epochs or trainer.max_steps (both are -1: the run would never end)")
+            raise _SettingError("trainer.max_steps", "set trainer.max_epochs or trainer.max_steps (both are -1: "
+                                "the run would never end)")
         for name in ("log_every_n_steps", "val_every_n_epochs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"trainer.{name} must be an int >= 1, got {value!r}")
+                raise _SettingError(f"trainer.{name}", f"must be an int >= 1, got {value!r}")
 
 
 @dataclass
@@ -123,6 +139,7 @@ class TrainResult:
     last_checkpoint: Path | None  # newest complete checkpoint of the run (what --resume auto picks)
     metrics: dict[str, float] = field(default_factory=dict)  # the last logged value of each metric
     is_global_zero: bool = True  # False in the other processes of a multi-process run
+    moved_aside: Path | None = None  # where --overwrite moved the previous run folder
 
 
 def build_trainer(settings: TrainerSettings, *, run_dir: Path, module: Any, config_yaml: str,
@@ -182,11 +199,15 @@ def train(
     *,
     run_dir: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train the module described by ``config_paths`` (+ ``key=value`` overrides).
 
     ``run_dir``: default ``runs/<run.name>``. ``resume``: None (fresh), ``"auto"`` (the newest
     complete checkpoint of ``run_dir``, fresh when there is none) or a checkpoint path.
+    ``overwrite``: start afresh in a ``run_dir`` that holds checkpoints, after moving the old run
+    aside. A fresh run into a folder with checkpoints is refused without it
+    (:mod:`mergevq.training.run_dir`).
     """
     loaded = load_with_origins(config_paths, overrides)
     run = _from_section(RunSettings, _section(loaded, "run"), section="run", loaded=loaded)
@@ -195,10 +216,12 @@ def train(
     loaded.validate("data")
     config_yaml = to_yaml(loaded.cfg)
 
-    from mergevq.training.checkpoint import find_resume_checkpoint, resolve_resume
+    from mergevq.training.checkpoint import PeriodicCheckpoint, find_resume_checkpoint
+    from mergevq.training.run_dir import global_rank_from_env, prepare_run_dir
 
     directory = Path(run_dir) if run_dir is not None else Path(RUNS_ROOT) / run.name
-    resume_path = resolve_resume(resume, directory)
+    plan = prepare_run_dir(directory, resume=resume, overwrite=overwrite, is_main=global_rank_from_env() == 0)
+    resume_path = plan.resume
 
     import lightning.pytorch as pl
 
@@ -212,12 +235,22 @@ def train(
         config_path = save(loaded.cfg, directory)
     if resume_path is not None:
         log.info("resuming from %s", resume_path)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_path) if resume_path is not None else None)
+    from mergevq.data.samplers import ResumableDataModule
+
+    with warnings.catch_warnings():
+        if isinstance(datamodule, ResumableDataModule):
+            # Lightning warns that a mid-epoch resume is inexact unless the DataLoader is stateful; these
+            # data modules restore the position in the epoch through their own state (data/samplers.py).
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_path) if resume_path is not None else None)
+    saved = [c for c in trainer.callbacks if isinstance(c, PeriodicCheckpoint)][0].saved
     metrics = {}
     for key, value in trainer.callback_metrics.items():
         try:
             metrics[key] = float(value)
         except (TypeError, ValueError):
             continue
-    return TrainResult(run_dir=directory, config_path=config_path, last_checkpoint=find_resume_checkpoint(directory),
-                       metrics=metrics, is_global_zero=trainer.is_global_zero)
+    # This run's newest checkpoint; a resumed run that had nothing left to do wrote none.
+    last = saved[-1] if saved else find_resume_checkpoint(directory)
+    return TrainResult(run_dir=directory, config_path=config_path, last_checkpoint=last, metrics=metrics,
+                       is_global_zero=trainer.is_global_zero, moved_aside=plan.moved_to)

@@ -10,9 +10,10 @@
 #   $MERGEVQ_PYTHON -m torch.distributed.run --nnodes=NNODES --nproc_per_node=DEVICES_PER_NODE \
 #       --node_rank=NODE_RANK --master_addr=MASTER_ADDR --master_port=MASTER_PORT \
 #       -m mergevq train CONFIG [$MERGEVQ_EXTRA_CONFIG ...] trainer.num_nodes=NNODES \
-#       trainer.devices=DEVICES_PER_NODE [KEY=VALUE ...] [--run-dir ...]
+#       trainer.devices=DEVICES_PER_NODE [KEY=VALUE ...] [--run-dir ...] --resume auto
 #
-# (the user's arguments come last, so an override always wins).
+# (the user's arguments come last, so an override always wins), then `--resume auto` (a requeued job
+# continues its run) unless the arguments say --resume or --overwrite.
 #
 # Environment:
 #   NNODES                 number of nodes (default 1)
@@ -78,8 +79,10 @@ fi
 extra=()
 [[ -n ${MERGEVQ_EXTRA_CONFIG:-} ]] && read -r -a extra <<<"$MERGEVQ_EXTRA_CONFIG"
 python=${MERGEVQ_PYTHON:-python}
+set_default_resume "$@"
 cmd=("$python" -m torch.distributed.run "--nnodes=$nnodes" "--nproc_per_node=$devices"
      "--node_rank=$rank" "--master_addr=$addr" "--master_port=$port"
-     -m mergevq train "$config" ${extra[@]+"${extra[@]}"} "trainer.num_nodes=$nnodes" "trainer.devices=$devices" "$@")
+     -m mergevq train "$config" ${extra[@]+"${extra[@]}"} "trainer.num_nodes=$nnodes" "trainer.devices=$devices" "$@"
+     ${resume[@]+"${resume[@]}"})
 
 run_or_print "$script" "${cmd[@]}"

@@ -12,7 +12,8 @@
 #                     -m mergevq train ...
 #
 # Every launch appends `trainer.num_nodes=NNODES trainer.devices=N` to the config overrides, then the
-# script's own arguments, so a user override always wins.
+# script's own arguments, so a user override always wins, then `--resume auto` (a requeued job
+# continues its run) unless the arguments say --resume or --overwrite.
 #
 # Under SLURM (SLURM_JOB_ID set) both modes use `srun --nodes=NNODES --ntasks-per-node=N python -m
 # mergevq train ...` instead: run the script ONCE from the batch script; srun starts every task and
@@ -104,7 +105,9 @@ fi
 # --- what to run: mergevq train CONFIG [EXTRA ...] overrides "$@" ----------------------------------
 extra=()
 [[ -n ${MERGEVQ_EXTRA_CONFIG:-} ]] && read -r -a extra <<<"$MERGEVQ_EXTRA_CONFIG"
-train=(mergevq train "$config" ${extra[@]+"${extra[@]}"} "trainer.num_nodes=$nnodes" "trainer.devices=$devices" "$@")
+set_default_resume "$@"
+train=(mergevq train "$config" ${extra[@]+"${extra[@]}"} "trainer.num_nodes=$nnodes" "trainer.devices=$devices" "$@"
+       ${resume[@]+"${resume[@]}"})
 
 if ((slurm)); then
   [[ -n $addr ]] && export MASTER_ADDR=$addr MASTER_PORT=$port
