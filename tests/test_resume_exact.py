@@ -141,6 +141,25 @@ def test_sampler_order_is_a_function_of_seed_and_epoch_and_resumes_mid_epoch():
     assert [k for k, _ in keyed] == [7] * 4
 
 
+def test_a_restored_data_module_skips_in_every_loader_it_builds(tmp_path):
+    """Lightning may build the training loader more than once before the first step (MergeAR's
+    estimated_stepping_batches does): each must continue the resumed epoch, not only the first."""
+    from _ar_training import write_codes
+
+    from mergevq.data.codes import CodesDataModule, CodesDataset
+
+    data = CodesDataModule(train=CodesDataset(root=str(write_codes(tmp_path / "codes", count=8))), batch_size=2)
+    data.load_state_dict({"train_order": {"epoch": 1, "batches": 3}})
+    first, second = data.train_dataloader(), data.train_dataloader()
+    full = ResumableSampler(length=8, seed=0)
+    full.set_epoch(1)
+    for loader in (first, second):
+        loader.sampler.set_epoch(1)
+        assert list(loader.sampler) == list(full)[6:] and len(loader) == 4
+        loader.sampler.set_epoch(2)
+        assert len(list(loader.sampler)) == 8
+
+
 def test_augmentations_do_not_depend_on_workers_or_history():
     from mergevq.data.demo import DemoImages
 

@@ -46,7 +46,7 @@ def trained_module(run_dir: str, checkpoint: str | None) -> str:
     else from the embedded config of the checkpoint (``checkpoint`` or the run's newest). Looked up in
     the allow-list, never imported."""
     from mergevq.config import CONFIG_FILENAME, from_yaml_with_origins
-    from mergevq.errors import ConfigError
+    from mergevq.errors import ConfigError, TrainingError
     from mergevq.training.checkpoint import (
         CHECKPOINT_DIR,
         CONFIG_KEY,
@@ -54,7 +54,6 @@ def trained_module(run_dir: str, checkpoint: str | None) -> str:
         is_complete_checkpoint,
         load_checkpoint_file,
     )
-    from mergevq.errors import TrainingError
 
     saved = Path(run_dir) / CONFIG_FILENAME
     if saved.is_file():

@@ -127,9 +127,10 @@ class ResumableDataModule(pl.LightningDataModule):
         cls = KeyedResumableSampler if keyed else ResumableSampler
         sampler = cls(length=length, seed=self.seed, num_replicas=world, rank=rank)
         if self._resume is not None:
+            # Kept, not consumed: Lightning may build the loader more than once before training (e.g.
+            # estimated_stepping_batches); the skip only ever applies to the resumed epoch itself.
             epoch, batches = self._resume
             sampler.resume(epoch=epoch, consumed=batches * batch_size)
-            self._resume = None  # a later train_dataloader() call (a reload) starts epochs afresh
         return sampler
 
     def loader_generator(self) -> torch.Generator:
