@@ -71,6 +71,35 @@ def test_cls_head_maps_to_teacher_width():
     assert ClsHead(in_dim=24, out_dim=16, hidden_dim=40)(torch.randn(2, 5, 24)).shape == (2, 5, 16)
     with pytest.raises(ConfigError, match="hidden_dim"):
         ClsHead(in_dim=24, hidden_dim=0)
+    with pytest.raises(ConfigError, match="valid: mlp3, mlp_ln"):
+        ClsHead(in_dim=24, kind="mlp2")
+
+
+@pytest.mark.parametrize(
+    ("kind", "authors", "names"),
+    [
+        # GR / R: Linear-GELU-Linear-GELU-Linear (dist_head.0 / .2 / .4)
+        ("mlp3", lambda h: nn.Sequential(nn.Linear(8, h), nn.GELU(), nn.Linear(h, h), nn.GELU(), nn.Linear(h, 16)),
+         {"fc1": "0", "fc2": "2", "fc3": "4"}),
+        # G (dist_head: True): Linear-GELU-LayerNorm-Linear (dist_head.0 / .2 / .3)
+        ("mlp_ln", lambda h: nn.Sequential(nn.Linear(8, h), nn.GELU(), nn.LayerNorm(h), nn.Linear(h, 16)),
+         {"fc1": "0", "norm": "2", "fc2": "3"}),
+    ],
+)
+def test_cls_head_kinds_compute_the_authors_mlps(kind, authors, names):
+    head = ClsHead(in_dim=8, out_dim=16, kind=kind)
+    assert head.hidden_dim == 32  # 4 * in_dim, the ViT MLP ratio
+    with torch.no_grad():
+        for p in head.parameters():
+            p.normal_(std=0.3)
+    reference = authors(32)
+    assert {k.split(".")[0] for k in head.state_dict()} == set(names)
+    reference.load_state_dict(
+        {f"{names[k.split('.')[0]]}.{k.split('.', 1)[1]}": v for k, v in head.state_dict().items()}, strict=True
+    )
+    x = torch.randn(3, 5, 8)  # leading dimensions are kept
+    torch.testing.assert_close(head(x), reference(x), atol=1e-6, rtol=1e-6)
+    assert head(x).shape == (3, 5, 16)
 
 
 def test_transformers_teacher_is_pooler_output(hf_folder):

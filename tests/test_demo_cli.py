@@ -69,7 +69,8 @@ def test_demo_short_run_writes_both_stages(tmp_path, capsys):
     ks = [entry["num_keep"] for entry in metrics["evaluation"]["by_k"]]
     assert ks == sorted({tok["num_tokens"], *tok["config"]["k_candidates"]}, reverse=True) == [64, 49, 36, 25]
     for entry in metrics["evaluation"]["by_k"]:
-        assert np.isfinite(entry["psnr"]) and 0 < entry["ssim"] <= 1 and 0 < entry["codebook_usage"] <= 1
+        # 3 training steps: SSIM may still be slightly negative
+        assert np.isfinite(entry["psnr"]) and -1 <= entry["ssim"] <= 1 and 0 < entry["codebook_usage"] <= 1
         assert entry["rfid"] is None and entry["lpips"] is None  # no prepared weights in this cache
         assert entry["mean_merge_groups"] == entry["num_keep"]
     assert len(metrics["not_measured"]) == 2

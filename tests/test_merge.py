@@ -1,6 +1,5 @@
 """Token merging invariants: schedule, bipartite matching, size-weighted merge, assignment, K draws."""
 
-import itertools
 from collections import Counter
 
 import pytest
@@ -18,17 +17,20 @@ from mergevq.tokenizer.merge import (
     max_mergeable,
     merge_schedule,
     merge_tokens,
-    min_reachable,
+    plan_merges,
     proportional_bias,
+    reachable_counts,
     track_assignment,
 )
 
-# --- schedule ---------------------------------------------------------------------------------
+# --- schedule (the authors' rule) ------------------------------------------------------------
 
 
 @pytest.mark.parametrize("num_tokens", [16, 64, 256, 1024])
-def test_schedule_sums_and_respects_per_layer_max_for_every_k(num_tokens):
-    for num_keep in range(1, num_tokens + 1):
+def test_schedule_sums_and_respects_per_layer_max_for_every_reachable_k(num_tokens):
+    reachable = reachable_counts(num_tokens=num_tokens, depth=12)
+    assert num_tokens in reachable
+    for num_keep in reachable:
         schedule = merge_schedule(num_tokens=num_tokens, num_keep=num_keep, depth=12)
         assert len(schedule) == 12
         assert sum(schedule) == num_tokens - num_keep
@@ -40,22 +42,41 @@ def test_schedule_sums_and_respects_per_layer_max_for_every_k(num_tokens):
         assert n == num_keep
 
 
-def test_schedule_is_a_ramp_down():
-    schedule = merge_schedule(num_tokens=256, num_keep=144, depth=12)
-    assert schedule == (14, 13, 12, 11, 11, 10, 9, 8, 7, 6, 6, 5)
-    for num_tokens, num_keep in [(1024, 256), (1024, 529), (256, 64), (256, 121)]:
-        schedule = merge_schedule(num_tokens=num_tokens, num_keep=num_keep, depth=12)
-        assert all(a >= b for a, b in itertools.pairwise(schedule)), schedule
-        assert schedule[0] > schedule[-1]
+@pytest.mark.parametrize(
+    "num_tokens,num_merge,depth,expected",
+    [
+        # the per-layer token counts of the reference tensors (tests/data/official_tokenizer)
+        (64, 28, 3, (14, 9, 5)),
+        (64, 48, 3, (24, 16, 8)),
+        (64, 55, 3, (28, 18, 9)),
+        # GR-d64 at K = 144 (the authors' encoder at 256 px)
+        (256, 112, 12, (12, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 5)),
+    ],
+)
+def test_schedule_equals_the_authors(num_tokens, num_merge, depth, expected):
+    plan = plan_merges(num_tokens=num_tokens, num_merge=num_merge, depth=depth)
+    assert plan.planned == plan.realized == expected
+    assert plan.num_keep == num_tokens - num_merge
 
 
-def test_schedule_keep_all_is_zeros():
+def test_every_preset_candidate_is_reachable_and_keep_all_is_zeros():
+    for name, num_tokens in [("G", 1024), ("G-d32", 1024), ("GR", 256), ("R", 256)]:
+        for k in K_CANDIDATES[name]:
+            assert sum(merge_schedule(num_tokens=num_tokens, num_keep=k, depth=12)) == num_tokens - k
     assert merge_schedule(num_tokens=256, num_keep=256, depth=12) == (0,) * 12
+
+
+def test_a_plan_too_steep_for_the_sequence_merges_fewer():
+    # The authors' student view: a 224 px G view (784 tokens) asked for the 768 merges of K = 256.
+    plan = plan_merges(num_tokens=784, num_merge=768, depth=12)
+    assert sum(plan.planned) == 768
+    assert all(0 <= r <= p or p <= 0 for r, p in zip(plan.realized, plan.planned))
+    assert plan.num_keep == 784 - sum(plan.realized) > 784 - 768
 
 
 @pytest.mark.parametrize(
     "num_tokens,num_keep,depth",
-    [(64, 65, 12), (64, 0, 12), (64, -3, 12), (64, 1, 1), (64, 31, 1), (1024, 1, 9), (64, 8, 0)],
+    [(64, 65, 12), (64, 0, 12), (64, -3, 12), (64, 8, 3), (64, 1, 1), (64, 8, 0)],
 )
 def test_schedule_rejects_bad_or_unreachable_k(num_tokens, num_keep, depth):
     with pytest.raises(ConfigError) as info:
@@ -63,10 +84,9 @@ def test_schedule_rejects_bad_or_unreachable_k(num_tokens, num_keep, depth):
     assert "\n" not in str(info.value)
 
 
-def test_min_reachable_is_the_edge():
-    assert min_reachable(num_tokens=64, depth=1) == 32
-    assert merge_schedule(num_tokens=64, num_keep=32, depth=1) == (32,)
-    assert min_reachable(num_tokens=1024, depth=10) == 1
+def test_unreachable_k_names_reachable_neighbours():
+    with pytest.raises(ConfigError, match=r"nearest reachable: \[9, 10, 11\], smallest 9"):
+        merge_schedule(num_tokens=64, num_keep=8, depth=3)
 
 
 # --- one matching step ------------------------------------------------------------------------
@@ -208,6 +228,7 @@ def test_ksampler_is_identical_across_ranks_and_peaks_at_nominal():
     assert draws == [rank1.sample(step) for step in range(2000)]
     assert set(draws) <= set(K_CANDIDATES["GR"]) and len(set(draws)) > 2
     counts = Counter(draws)
+    assert set(draws) == set(K_CANDIDATES["GR"])  # the floor keeps every candidate in training
     assert counts.most_common(1)[0][0] == 144
     assert abs(counts[144] / 2000 - rank0.weights[1]) < 0.05
     other_seed = [KSampler.from_preset("GR", seed=8).sample(s) for s in range(200)]
@@ -215,11 +236,11 @@ def test_ksampler_is_identical_across_ranks_and_peaks_at_nominal():
     assert abs(sum(rank0.weights) - 1) < 1e-12 and max(rank0.weights) == rank0.weights[1]
 
 
-@pytest.mark.parametrize("name", ["G", "GR", "R"])
+@pytest.mark.parametrize("name", ["G", "G-d32", "GR", "R"])
 def test_presets_and_default_candidates(name):
     nominal = K_NOMINAL[name]
     above = len(K_CANDIDATES[name]) - 2
-    num_tokens = 1024 if name == "G" else 256
+    num_tokens = 1024 if name in ("G", "G-d32") else 256
     assert default_candidates(num_tokens=num_tokens, nominal=nominal, above=above) == K_CANDIDATES[name]
     sampler = KSampler.from_preset(name)
     assert sampler.nominal == nominal and sampler.sample(0) in K_CANDIDATES[name]
@@ -232,5 +253,9 @@ def test_ksampler_rejects_bad_config():
         KSampler(candidates=(144, 121), nominal=144)
     with pytest.raises(ConfigError):
         KSampler.from_preset("XL")
+    with pytest.raises(ConfigError, match="std"):
+        KSampler.from_preset("GR", std=0.0)
+    with pytest.raises(ConfigError, match="floor"):
+        KSampler.from_preset("GR", floor=-0.01)
     with pytest.raises(ConfigError):
         default_candidates(num_tokens=256, nominal=150)

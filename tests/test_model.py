@@ -7,10 +7,19 @@ import torch
 import torch.nn.functional as F
 
 from mergevq.errors import ConfigError, WeightsError
-from mergevq.tokenizer.merge import min_reachable
+from mergevq.tokenizer.merge import reachable_counts
 from mergevq.tokenizer.model import PAPER_PARAMS, PRESETS, MergeVQ, preset
 
 TINY = ("tiny-G", "tiny-GR", "tiny-R")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread is faster, and far faster when other jobs share the CPU cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +33,11 @@ def test_paper_presets_match_the_parameter_table(name):
     with torch.device("meta"):  # counts only: no memory, no initialisation time
         counts = MergeVQ(config=PRESETS[name]).parameter_counts()
     enc, dec = PAPER_PARAMS[name]
+    # enc = the encoder with its [CLS] alignment head (the authors' encoder holds it); our learned
+    # recovery is not in the paper's model and is reported on its own
+    assert counts["enc"] == counts["encoder"] + counts["cls_head"] and counts["cls_head"] > 0
+    assert counts["dec"] == counts["decoder"] and counts["recovery"] > 0
+    assert counts["total"] == counts["enc"] + counts["dec"] + counts["recovery"]  # LFQ has no parameters
     assert abs(counts["enc"] / 1e6 / enc - 1) <= 0.02, counts
     assert abs(counts["dec"] / 1e6 / dec - 1) <= 0.02, counts
 
@@ -34,7 +48,7 @@ def test_decode_encode_shapes_at_full_nominal_and_min_k(models, name):
     cfg = model.config
     x = torch.rand(2, 3, cfg.image_size, cfg.image_size) * 2 - 1
     with torch.no_grad():
-        smallest = min_reachable(num_tokens=cfg.num_tokens, depth=cfg.depth)
+        smallest = reachable_counts(num_tokens=cfg.num_tokens, depth=cfg.depth)[0]
         for k in (cfg.num_tokens, cfg.num_keep, min(cfg.k_candidates), smallest):
             enc = model.encode(x, k)
             assert enc.indices.shape == (2, k) and enc.indices.dtype == torch.int64
@@ -63,6 +77,77 @@ def test_full_k_keeps_every_position_apart(models):
     with torch.no_grad():
         enc = model.encode(torch.rand(1, 3, 32, 32), model.num_tokens)
     assert torch.equal(enc.assign[0], torch.arange(model.num_tokens))
+
+
+@pytest.mark.parametrize("recovery_depth", [1, 0])
+def test_decode_at_k_equals_l_needs_no_recovery(models, monkeypatch, recovery_depth):
+    """K = L: nothing was merged, so decode() without assign uses the identity assignment and never
+    asks the learned recovery (which may not exist)."""
+    torch.manual_seed(0)
+    model = models["tiny-R"] if recovery_depth else MergeVQ(config=preset("tiny-R").replace({"recovery_depth": 0}))
+    model.eval()
+    assert (model.recovery is None) == (recovery_depth == 0)
+
+    def no_recovery(codes):
+        raise AssertionError("the learned recovery was asked at K = L")
+
+    monkeypatch.setattr(model, "predict_assign", no_recovery)
+    length = model.num_tokens
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        indices = model.encode(x, length).indices
+        image = model.decode(indices)
+        identity = torch.arange(length).expand(2, -1)
+        assert torch.equal(image, model.decode(indices, identity))
+        assert torch.equal(image, model.decode_raster(indices))
+    assert image.shape == x.shape
+    if recovery_depth == 0:
+        monkeypatch.undo()
+        with torch.no_grad(), pytest.raises(ConfigError, match="no learned recovery"):
+            model.decode(model.encode(x, 16).indices)  # K < L without assign: nothing can predict it
+
+
+def test_forward_recovery_logits_only_below_full_k(models):
+    model = models["tiny-GR"]
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        merged = model(x, 9)
+        full = model(x, model.num_tokens)
+    assert merged.recovery_logits.shape == (2, model.num_tokens, 9)
+    assert full.recovery_logits is None  # nothing to recover at K = L
+    assert torch.equal(full.encoded.assign, torch.arange(model.num_tokens).expand(2, -1))
+
+
+def test_student_view_merges_the_same_number_of_tokens(monkeypatch):
+    """The [CLS] fed to the alignment head comes from an encoder pass over the student view with
+    num_merge = L − K (its own K differs), not num_keep = K."""
+    torch.manual_seed(0)
+    model = MergeVQ(config=preset("tiny-GR")).eval()  # L = 16 at 32 px
+    with torch.no_grad():
+        for block in model.encoder.blocks:  # LayerScale 1 instead of 1e-5: merging visibly moves [CLS]
+            block.ls1.gamma.fill_(1.0)
+            block.ls2.gamma.fill_(1.0)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    student = torch.rand(2, 3, 24, 24) * 2 - 1  # 9 tokens
+    calls = []
+    encoder_forward = model.encoder.forward
+
+    def spy(image, **kwargs):
+        calls.append((image.shape[-1], kwargs))
+        return encoder_forward(image, **kwargs)
+
+    with torch.no_grad():
+        monkeypatch.setattr(model.encoder, "forward", spy)
+        out = model(x, 9, student_view=student)
+        monkeypatch.undo()
+        assert calls == [(32, {"num_keep": 9}), (24, {"num_merge": 16 - 9})]
+        direct = model.cls_head(model.encoder(student, num_merge=7).cls)
+        keep_nine = model.cls_head(model.encoder(student, num_keep=9).cls)  # no merging at all
+        own_view = model(x, 9)
+    torch.testing.assert_close(out.cls_feature, direct, atol=0, rtol=0)
+    assert (out.cls_feature - keep_nine).abs().max() > 1e-4
+    # without a student view the head reads the reconstruction view's [CLS]
+    torch.testing.assert_close(own_view.cls_feature, model.cls_head(own_view.encoded.cls), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -106,11 +191,25 @@ def test_from_pretrained_round_trip_gives_identical_outputs(models, tmp_path):
         assert torch.equal(model.decode(a.indices), loaded.decode(b.indices))
 
 
-@pytest.mark.parametrize("num_keep", [0, 65, -3, 2.5])
+@pytest.mark.parametrize("num_keep", [0, 65, -3, 2.5, 5])
 def test_k_the_model_cannot_produce_is_a_one_line_error(models, num_keep):
     with pytest.raises(ConfigError) as info:
         models["tiny-G"].encode(torch.rand(1, 3, 32, 32), num_keep)
     assert "\n" not in str(info.value) and "num_keep" in str(info.value)
+
+
+def test_unreachable_k_names_the_reachable_neighbours():
+    with torch.device("meta"):
+        shallow = MergeVQ(config=preset("tiny-G"))  # L = 64, depth 4: K >= 7
+        deep = MergeVQ(config=preset("tiny-R").replace({"depth": 12}))  # L = 64, depth 12: holes
+    with pytest.raises(ConfigError, match="unreachable") as info:
+        shallow.check_num_keep(5)
+    assert "[7, 8, 9]" in str(info.value)
+    assert 38 not in reachable_counts(num_tokens=64, depth=12)
+    with pytest.raises(ConfigError, match="unreachable") as info:
+        deep.check_num_keep(38)
+    assert "[35, 36, 37, 39, 40, 41]" in str(info.value) and "\n" not in str(info.value)
+    assert deep.check_num_keep(37) == 37 and deep.check_num_keep(39) == 39
 
 
 def test_bad_configs_and_files_are_clear_errors(tmp_path):
@@ -122,12 +221,27 @@ def test_bad_configs_and_files_are_clear_errors(tmp_path):
         preset("tiny-G").replace({"num_keep": 65})
     with pytest.raises(WeightsError, match="config.json not found"):
         MergeVQ.from_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="dim=32 must equal ch \\* ch_mult\\[-1\\] = 64"):
+        preset("tiny-GR").replace({"dim": 32})  # the CNN stem feeds the ViT directly
+    with pytest.raises(ConfigError, match="dec_dim=48 must equal"):
+        preset("tiny-GR").replace({"dec_dim": 48})
     MergeVQ(config=preset("tiny-GR")).save_pretrained(tmp_path / "a")
-    meta = json.loads((tmp_path / "a" / "config.json").read_text())
-    meta["model"]["dim"] = 32
-    (tmp_path / "a" / "config.json").write_text(json.dumps(meta))
+    config_path = tmp_path / "a" / "config.json"
+    saved = json.loads(config_path.read_text())
+    assert saved["format_version"] == 2
+    meta = json.loads(json.dumps(saved))
+    meta["model"]["cls_dim"] = 16  # a valid config whose head does not fit the saved weights
+    config_path.write_text(json.dumps(meta))
     with pytest.raises(WeightsError, match="does not match"):
         MergeVQ.from_pretrained(tmp_path / "a")
+    for version in (1, None):  # format 1: the layout before the authors' architecture
+        meta = {**saved, "format_version": version}
+        config_path.write_text(json.dumps(meta))
+        with pytest.raises(WeightsError, match=f"format_version {version!r}") as info:
+            MergeVQ.from_pretrained(tmp_path / "a")
+        assert "\n" not in str(info.value)
+    config_path.write_text(json.dumps(saved))
+    assert MergeVQ.from_pretrained(tmp_path / "a").config == preset("tiny-GR")
 
 
 def test_build_config_is_a_preset_with_changes():

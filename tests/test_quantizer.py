@@ -13,9 +13,9 @@ import os
 from pathlib import Path
 
 import pytest
-from _distributed import run_ranks
 import torch
 import torch.distributed as dist
+from _distributed import run_ranks
 
 from mergevq.errors import ConfigError
 from mergevq.tokenizer.quantizer import (

@@ -86,7 +86,7 @@ def test_learned_recovery_handles_any_k():
         model(torch.randn(2, 4, 12))
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def one_thread():
     """A tiny model: one intra-op thread is faster, and far faster when other jobs share the CPU cores."""
     previous = torch.get_num_threads()

@@ -36,32 +36,47 @@ TEACHER_SOURCES = ("transformers", "timm")
 DEFAULT_TEACHER_DIM = 768  # DINOv2 ViT-B/14
 
 
-class ClsHead(nn.Module):
-    """MLP from the encoder's [CLS] output to the teacher's feature space.
+CLS_HEADS = ("mlp3", "mlp_ln")
 
-    Linear(in_dim → hidden_dim) → GELU → Linear(hidden_dim → out_dim). ``hidden_dim`` defaults to
-    ``4 * in_dim`` (the ViT MLP ratio, so the head scales with the encoder width: 1536 for D = 384,
-    2048 for D = 512, 3072 for D = 768).
+
+class ClsHead(nn.Module):
+    """MLP from the encoder's raw [CLS] output to the teacher's feature space, in one of the
+    authors' two forms (hidden width ``4 * in_dim`` by default, the ViT MLP ratio):
+
+    - ``"mlp3"`` (GR, R): Linear → GELU → Linear → GELU → Linear (``fc1``, ``fc2``, ``fc3``);
+    - ``"mlp_ln"`` (G): Linear → GELU → LayerNorm → Linear (``fc1``, ``norm``, ``fc2``).
 
     Shapes: (B, in_dim) → (B, out_dim); any leading dimensions are kept.
     """
 
-    def __init__(self, *, in_dim: int, out_dim: int = DEFAULT_TEACHER_DIM, hidden_dim: int | None = None) -> None:
+    def __init__(
+        self, *, in_dim: int, out_dim: int = DEFAULT_TEACHER_DIM, hidden_dim: int | None = None, kind: str = "mlp3"
+    ) -> None:
         super().__init__()
         hidden = 4 * in_dim if hidden_dim is None else hidden_dim
         for name, value in (("in_dim", in_dim), ("out_dim", out_dim), ("hidden_dim", hidden)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"ClsHead: {name} must be a positive integer, got {value!r}")
+        if kind not in CLS_HEADS:
+            raise ConfigError(f"ClsHead: kind={kind!r}; valid: {', '.join(CLS_HEADS)}")
         self.in_dim = in_dim
         self.out_dim = out_dim
         self.hidden_dim = hidden
+        self.kind = kind
         self.fc1 = nn.Linear(in_dim, hidden)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, out_dim)
+        if kind == "mlp3":
+            self.fc2 = nn.Linear(hidden, hidden)
+            self.fc3 = nn.Linear(hidden, out_dim)
+        else:
+            self.norm = nn.LayerNorm(hidden)
+            self.fc2 = nn.Linear(hidden, out_dim)
 
     def forward(self, cls: Tensor) -> Tensor:
-        # (..., in_dim) -> (..., hidden_dim) -> (..., out_dim)
-        return self.fc2(self.act(self.fc1(cls)))
+        h = self.act(self.fc1(cls))  # (..., hidden_dim)
+        if self.kind == "mlp3":
+            return self.fc3(self.act(self.fc2(h)))  # (..., out_dim)
+        return self.fc2(self.norm(h))  # (..., out_dim)
 
 
 def _not_found(path: str | os.PathLike) -> WeightsError:
@@ -230,4 +245,4 @@ def build_teacher(*, source: str, path: str, model_name: str | None = None, img_
     raise ConfigError(f"unknown teacher source {source!r}; choose one of {', '.join(TEACHER_SOURCES)}")
 
 
-__all__ = ["DEFAULT_TEACHER_DIM", "TEACHER_SOURCES", "ClsHead", "Teacher", "build_teacher"]
+__all__ = ["CLS_HEADS", "DEFAULT_TEACHER_DIM", "TEACHER_SOURCES", "ClsHead", "Teacher", "build_teacher"]

@@ -1,24 +1,25 @@
-"""MergeVQ decoder: L quantized codes on the (h, w) grid -> image (DESIGN §4 step 6).
+"""MergeVQ decoder: L quantized codes on the (h, w) grid -> image (DESIGN §4 step 6), in the
+authors' layout (docs/official_parity.md):
 
-    z (B, L, 18) ──conv_in──> (B, L, D) ──+ dw-conv positional encoding──> depth × ViT block
-      (MLP = fc1 → 3x3 depth-wise conv on the grid → GELU → fc2) ──norm──> (B, D, h, w)
-      ──conv_mid──> (B, W_0, h, w) ──> levels, coarse to fine: ResBlocks with adaptive GroupNorm,
-      then conv to 4·W_{i+1} + PixelShuffle(2) ──> GroupNorm → SiLU → conv3x3 ──> (B, 3, H, W)
+    codes (B, 18, h, w) ──conv3x3──> (B, D, h, w) ──+ dw-conv positional encoding──> depth × ViT block
+      (LayerScale; MLP = fc1 → 3x3 depth-wise conv on the grid → GELU → fc2), no final norm
+      ──> (B, D, h, w) ──> levels, coarse to fine: adaptive GroupNorm once, ResBlocks (the first one
+      changes the width), then conv3x3 to 4·W + depth-to-space (DCR order) ──> GroupNorm → SiLU →
+      conv3x3 ──> (B, 3, H, W)
 
-with W_i = ch · ch_mult[::-1][i] and H = h · 2^(len(ch_mult) − 1).
+with W_i = dec_ch · dec_ch_mult[i] (finest level i = 0), D = W of the coarsest level, and
+H = h · 2^(levels − 1).
 
 Position information enters only through the depth-wise convolutions (the CPE-style positional
 encoding and the MLP's dw-conv): attention alone is permutation-equivariant over tokens.
 
-Adaptive GroupNorm: GroupNorm without affine, then a per-channel scale and shift predicted by a
-linear layer from the per-channel spatial mean and std of the quantized code map (B, 18, h, w), so the
-whole up-sampling CNN is conditioned on global code statistics.
+Adaptive GroupNorm (once at the start of each level): GroupNorm without affine, then
+scale·GN(x) + shift, the per-channel scale a linear map of the code map's per-channel spatial std
+(unbiased variance + 1e-6) and the shift a linear map of its per-channel spatial mean, so the
+up-sampling CNN is conditioned on global code statistics.
 
-``num_res_blocks`` (an int, or one count per level in the order of ``ch_mult``, i.e. finest level
-first, like the encoder) sets the CNN depth. Suggested values, which land the decoder sizes of the
-DESIGN §4 variants table within 2 % (``benchmarks/param_counts.py`` prints them): 4 per level and 6
-at the coarsest, i.e. ``(4, 4, 4, 6)`` for f = 8 and ``(4, 4, 4, 4, 6)`` for f = 16 (the two extra
-coarse blocks play the role of the VQGAN lineage's "mid" blocks). R uses the GR-d64 decoder (D 512).
+``num_res_blocks`` gives one count per level in ``ch_mult`` order (finest first); the authors use
+4 at the finest level and 5 elsewhere.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from einops import rearrange
 from timm.models.vision_transformer import Block
 from torch import nn
 
-__all__ = ["AdaptiveGroupNorm", "AdaptiveResBlock", "DWConvMlp", "Decoder", "DepthToSpaceUpsample"]
+from mergevq.layers.conv import ResBlock, group_norm
+
+__all__ = ["AdaptiveGroupNorm", "DWConvMlp", "Decoder", "DepthToSpaceUpsample", "depth_to_space"]
 
 
 class DWConvMlp(nn.Module):
@@ -80,105 +83,71 @@ class DWConvMlp(nn.Module):
 class AdaptiveGroupNorm(nn.Module):
     """GroupNorm(x) without affine, scaled and shifted per channel from the conditioning map's statistics.
 
-    ``forward(x (B, C, H, W), cond (B, c, h, w))``: [mean_hw(cond), std_hw(cond)] (B, 2c) → linear →
-    (scale, shift) (B, C) each; out = GN(x) · (1 + scale) + shift.
+    ``forward(x (B, C, H, W), cond (B, c, h, w))``: scale = gamma(std_hw(cond)), shift =
+    beta(mean_hw(cond)), each (B, C); out = scale · GN(x) + shift. std uses the unbiased variance
+    plus ``eps`` inside the square root (a constant map has std 0, where sqrt' is infinite).
     """
 
-    def __init__(
-        self, *, num_channels: int, cond_channels: int, num_groups: int = 32, eps: float = 1e-6
-    ) -> None:
+    def __init__(self, *, num_channels: int, cond_channels: int, eps: float = 1e-6) -> None:
         super().__init__()
-        if num_channels % num_groups != 0:
-            raise ValueError(f"num_channels {num_channels} is not divisible by num_groups {num_groups}")
-        self.norm = nn.GroupNorm(num_groups, num_channels, eps=eps, affine=False)
-        self.to_scale_shift = nn.Linear(2 * cond_channels, 2 * num_channels)
-        self.stat_eps = 1e-5  # inside the sqrt: a constant map has std 0, and sqrt'(0) is infinite
+        self.norm = group_norm(num_channels, affine=False)
+        self.gamma = nn.Linear(cond_channels, num_channels)
+        self.beta = nn.Linear(cond_channels, num_channels)
+        self.stat_eps = eps
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        mean = cond.mean(dim=(2, 3))  # (B, c)
-        std = (cond.var(dim=(2, 3), unbiased=False) + self.stat_eps).sqrt()  # (B, c)
-        scale, shift = self.to_scale_shift(torch.cat([mean, std], dim=1)).chunk(2, dim=1)  # (B, C) each
-        return self.norm(x) * (1 + scale[:, :, None, None]) + shift[:, :, None, None]
+        flat = rearrange(cond, "b c h w -> b c (h w)")
+        std = (flat.var(dim=-1) + self.stat_eps).sqrt()  # (B, c), unbiased variance
+        scale = self.gamma(std)[:, :, None, None]  # (B, C, 1, 1)
+        shift = self.beta(flat.mean(dim=-1))[:, :, None, None]  # (B, C, 1, 1)
+        return scale * self.norm(x) + shift
 
 
-class AdaptiveResBlock(nn.Module):
-    """ResBlock (adaptive GN → SiLU → conv3x3, twice) with a 1x1 shortcut when the widths differ."""
-
-    def __init__(
-        self, *, in_channels: int, out_channels: int, cond_channels: int, num_groups: int = 32
-    ) -> None:
-        super().__init__()
-        self.norm1 = AdaptiveGroupNorm(
-            num_channels=in_channels, cond_channels=cond_channels, num_groups=num_groups
-        )
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = AdaptiveGroupNorm(
-            num_channels=out_channels, cond_channels=cond_channels, num_groups=num_groups
-        )
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.shortcut = (
-            nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
-        )
-
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """x (B, C_in, H, W), cond (B, code_dim, h, w) -> (B, C_out, H, W)."""
-        y = self.conv1(F.silu(self.norm1(x, cond)))
-        y = self.conv2(F.silu(self.norm2(y, cond)))
-        return self.shortcut(x) + y
+def depth_to_space(x: torch.Tensor, block: int) -> torch.Tensor:
+    """(B, block²·C, H, W) -> (B, C, block·H, block·W) in DCR order: output channel c at sub-pixel
+    (i, j) reads input channel (block·i + j)·C + c (``nn.PixelShuffle`` reads c·block² + block·i + j)."""
+    return rearrange(x, "b (i j c) h w -> b c (h i) (w j)", i=block, j=block)
 
 
 class DepthToSpaceUpsample(nn.Module):
-    """conv3x3 to 4·C_out channels, then PixelShuffle(2): (B, C_in, H, W) -> (B, C_out, 2H, 2W)."""
+    """conv3x3 to 4·C channels, then DCR depth-to-space: (B, C, H, W) -> (B, C, 2H, 2W)."""
 
-    def __init__(self, *, in_channels: int, out_channels: int) -> None:
+    def __init__(self, *, channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, 4 * out_channels, 3, padding=1)
-        self.shuffle = nn.PixelShuffle(2)
+        self.conv = nn.Conv2d(channels, 4 * channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.shuffle(self.conv(x))
+        return depth_to_space(self.conv(x), 2)
 
 
 class _UpLevel(nn.Module):
-    """One resolution level of the up-sampling CNN: ResBlocks, then (except the finest) ×2 up-sampling."""
+    """One resolution level: adaptive GroupNorm, ResBlocks (the first one changes the width to
+    ``out_channels``), then (except at the finest level) ×2 up-sampling."""
 
     def __init__(
-        self,
-        *,
-        in_channels: int,
-        out_channels: int,
-        next_channels: int | None,
-        num_blocks: int,
-        cond_channels: int,
-        num_groups: int,
+        self, *, in_channels: int, out_channels: int, num_blocks: int, cond_channels: int, upsample: bool
     ) -> None:
         super().__init__()
+        self.adagn = AdaptiveGroupNorm(num_channels=in_channels, cond_channels=cond_channels)
         self.blocks = nn.ModuleList(
-            AdaptiveResBlock(
-                in_channels=in_channels if i == 0 else out_channels,
-                out_channels=out_channels,
-                cond_channels=cond_channels,
-                num_groups=num_groups,
-            )
+            ResBlock(in_channels=in_channels if i == 0 else out_channels, out_channels=out_channels)
             for i in range(num_blocks)
         )
-        self.upsample = (
-            DepthToSpaceUpsample(in_channels=out_channels, out_channels=next_channels)
-            if next_channels is not None
-            else None
-        )
+        self.upsample = DepthToSpaceUpsample(channels=out_channels) if upsample else None
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        x = self.adagn(x, cond)
         for block in self.blocks:
-            x = block(x, cond)
+            x = block(x)
         return self.upsample(x) if self.upsample is not None else x
 
 
 class Decoder(nn.Module):
     """Raster-ordered codes (B, L = h·w, code_dim) -> image (B, out_channels, h·2^(n−1), w·2^(n−1)).
 
-    ``ch`` and ``ch_mult`` are the encoder's (finest level first); the decoder walks them in reverse.
-    ``num_res_blocks`` is one count for every level or one per level in ``ch_mult`` order.
+    ``ch`` / ``ch_mult`` / ``num_res_blocks`` are given finest level first; the decoder walks them
+    in reverse. ``dim`` (the ViT width) must equal ``ch · ch_mult[-1]``: the ViT output enters the
+    CNN directly.
     """
 
     def __init__(
@@ -194,7 +163,7 @@ class Decoder(nn.Module):
         ch_mult: Sequence[int],
         num_res_blocks: int | Sequence[int],
         out_channels: int = 3,
-        num_groups: int = 32,
+        init_values: float | None = 1e-5,
         drop_path: float = 0.0,
     ) -> None:
         super().__init__()
@@ -209,12 +178,15 @@ class Decoder(nn.Module):
                 raise ValueError(
                     f"num_res_blocks has {len(blocks_per_level)} entries but ch_mult has {num_levels} levels"
                 )
+        widths = [ch * m for m in reversed(ch_mult)]  # coarsest .. finest
+        if dim != widths[0]:
+            raise ValueError(f"decoder dim={dim} must equal ch·ch_mult[-1] = {widths[0]} (the ViT feeds the CNN)")
         self.code_dim = code_dim
         self.grid = (int(grid[0]), int(grid[1]))
         self.upsample_factor = 2 ** (num_levels - 1)
 
         # Transformer on the token grid.
-        self.conv_in = nn.Linear(code_dim, dim)  # a 1x1 conv on the grid, applied to tokens
+        self.conv_in = nn.Conv2d(code_dim, dim, 3, padding=1)
         self.pos_conv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)  # CPE: x + dwconv(x)
         self.blocks = nn.ModuleList(
             Block(
@@ -222,32 +194,30 @@ class Decoder(nn.Module):
                 num_heads=num_heads,
                 mlp_ratio=mlp_ratio,
                 qkv_bias=True,
+                init_values=init_values,
                 drop_path=drop_path,
                 mlp_layer=partial(DWConvMlp, grid=self.grid),
             )
             for _ in range(depth)
         )
-        self.norm = nn.LayerNorm(dim)
 
         # Up-sampling CNN, coarse to fine.
-        widths = [ch * m for m in reversed(ch_mult)]  # W_0 (coarsest) .. W_{n-1} (full resolution)
         counts = list(reversed(blocks_per_level))
-        self.conv_mid = nn.Conv2d(dim, widths[0], 3, padding=1)
         self.levels = nn.ModuleList(
             _UpLevel(
-                in_channels=widths[i],
+                in_channels=widths[i - 1] if i > 0 else widths[0],
                 out_channels=widths[i],
-                next_channels=widths[i + 1] if i + 1 < num_levels else None,
                 num_blocks=counts[i],
                 cond_channels=code_dim,
-                num_groups=num_groups,
+                upsample=i + 1 < num_levels,
             )
             for i in range(num_levels)
         )
-        self.norm_out = nn.GroupNorm(num_groups, widths[-1], eps=1e-6)
+        self.norm_out = group_norm(widths[-1])
         self.conv_out = nn.Conv2d(widths[-1], out_channels, 3, padding=1)
 
-        self.apply(_init_linear)
+        self.blocks.apply(_init_vit)
+        _init_vit(self.pos_conv)
 
     @property
     def output_size(self) -> tuple[int, int]:
@@ -261,23 +231,21 @@ class Decoder(nn.Module):
             )
 
     def transformer_features(self, z: torch.Tensor) -> torch.Tensor:
-        """z (B, L, code_dim) -> token features (B, L, D) after the transformer and its final norm."""
+        """z (B, L, code_dim) -> token features (B, L, D) after the transformer (no final norm)."""
         h, w = self.grid
         self._check_codes(z)
-        x = self.conv_in(z)  # (B, L, D)
-        x_grid = rearrange(x, "b (h w) c -> b c h w", h=h, w=w)
-        x = x + rearrange(self.pos_conv(x_grid), "b c h w -> b (h w) c")  # (B, L, D)
+        x = self.conv_in(rearrange(z, "b (h w) d -> b d h w", h=h, w=w))  # (B, D, h, w)
+        x = rearrange(x + self.pos_conv(x), "b c h w -> b (h w) c")  # (B, L, D)
         for block in self.blocks:
             x = block(x)
-        return self.norm(x)  # (B, L, D)
+        return x
 
     def upsample_features(self, features: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """The CNN half: features (B, L, D) and conditioning map (B, code_dim, h, w) -> (B, out, H, W)."""
         h, w = self.grid
         x = rearrange(features, "b (h w) c -> b c h w", h=h, w=w)  # (B, D, h, w)
-        x = self.conv_mid(x)  # (B, W_0, h, w)
         for level in self.levels:
-            x = level(x, cond)  # (B, W_{i+1}, 2·H_i, 2·W_i) except at the finest level
+            x = level(x, cond)  # (B, W_i, ...), ×2 in H and W except at the finest level
         return self.conv_out(F.silu(self.norm_out(x)))  # (B, out_channels, H, W)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -288,8 +256,11 @@ class Decoder(nn.Module):
         return self.upsample_features(self.transformer_features(z), cond)
 
 
-def _init_linear(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
+def _init_vit(module: nn.Module) -> None:
+    """Truncated-normal (std 0.02) weights and zero biases for the transformer's linear and conv
+    layers (the authors' ViT initialisation)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

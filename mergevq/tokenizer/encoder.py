@@ -1,8 +1,12 @@
 """MergeVQ encoder: a CNN (or patchify) stem, then ViT blocks that merge tokens as they go.
 
-DESIGN §4 steps 1–2 and the start of step 4. The encoder returns the K kept tokens in canonical
-order (raster order of the first position each covers) together with the assignment ``assign``
-(B, L) of every original position to a kept token; nothing is left behind on the module.
+DESIGN §4 steps 1–2 and the start of step 4; the layout is the authors' (docs/official_parity.md):
+the stem's tokens enter the ViT as they are (no projection, no position embedding: position reaches
+the ViT only through the CNN's zero padding), the blocks have no final LayerNorm, and the
+pre-quantisation head is a GroupNorm over all K kept tokens, SiLU and a 1x1 projection. The
+encoder returns the K kept tokens in canonical order (raster order of the first position each
+covers) with the assignment ``assign`` (B, L) of every original position to a kept token; nothing
+is left behind on the module.
 """
 
 from __future__ import annotations
@@ -10,22 +14,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import math
-
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from timm.layers import DropPath, LayerScale, Mlp
 from torch import nn
 
 from mergevq.errors import ConfigError
 from mergevq.layers.attention import Attention
-from mergevq.layers.conv import Downsample, ResBlock, group_norm
+from mergevq.layers.conv import ResBlock, group_norm
 from mergevq.tokenizer.merge import (
     bipartite_soft_matching,
     canonicalize,
     merge_schedule,
     merge_tokens,
+    plan_merges,
     proportional_bias,
     track_assignment,
 )
@@ -36,10 +38,11 @@ from mergevq.tokenizer.merge import (
 
 
 class CNNStem(nn.Module):
-    """conv3x3 → per level ``num_res_blocks`` ResBlocks at width ch·mult, a stride-2 conv between
-    levels → GroupNorm → SiLU → conv1x1 to ``out_dim``. Downsampling f = 2^(levels − 1).
+    """conv3x3 (no bias) → per level ``num_res_blocks`` ResBlocks, the first changing the width to
+    ch·mult, and a stride-2 conv3x3 (padding 1) after every level but the last. The output width is
+    ch·ch_mult[-1] and f = 2^(levels − 1).
 
-    (B, in_channels, H, W) -> (B, (H/f)·(W/f), out_dim).
+    (B, in_channels, H, W) -> (B, (H/f)·(W/f), ch·ch_mult[-1]).
     """
 
     def __init__(
@@ -49,7 +52,6 @@ class CNNStem(nn.Module):
         ch: int,
         ch_mult: Sequence[int],
         num_res_blocks: int | Sequence[int],
-        out_dim: int,
     ) -> None:
         super().__init__()
         mults = tuple(int(m) for m in ch_mult)
@@ -59,13 +61,14 @@ class CNNStem(nn.Module):
             blocks_per_level = (num_res_blocks,) * len(mults)
         else:
             blocks_per_level = tuple(int(n) for n in num_res_blocks)
-        if len(blocks_per_level) != len(mults) or any(n < 0 for n in blocks_per_level):
+        if len(blocks_per_level) != len(mults) or any(n < 1 for n in blocks_per_level):
             raise ConfigError(
-                f"num_res_blocks={num_res_blocks} must be an int >= 0 or one per level "
+                f"num_res_blocks={num_res_blocks} must be an int >= 1 or one per level "
                 f"({len(mults)} levels from ch_mult)"
             )
         self.downsample_factor = 2 ** (len(mults) - 1)
-        self.conv_in = nn.Conv2d(in_channels, ch, kernel_size=3, padding=1)
+        self.out_dim = ch * mults[-1]
+        self.conv_in = nn.Conv2d(in_channels, ch, kernel_size=3, padding=1, bias=False)
         self.levels = nn.ModuleList()
         width = ch
         for i, (mult, count) in enumerate(zip(mults, blocks_per_level)):
@@ -75,34 +78,33 @@ class CNNStem(nn.Module):
                 blocks.append(ResBlock(in_channels=width, out_channels=ch * mult))
                 width = ch * mult
             level.blocks = nn.ModuleList(blocks)
-            level.downsample = (
-                Downsample(channels=width) if i < len(mults) - 1 else nn.Identity()
-            )
+            if i < len(mults) - 1:
+                level.downsample = nn.Conv2d(width, width, kernel_size=3, stride=2, padding=1)
             self.levels.append(level)
-        self.norm_out = group_norm(width)
-        self.act = nn.SiLU()
-        self.proj = nn.Conv2d(width, out_dim, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)  # (B, ch, H, W)
         for level in self.levels:
             for block in level.blocks:
                 h = block(h)
-            h = level.downsample(h)  # halves H, W except after the last level
-        h = self.proj(self.act(self.norm_out(h)))  # (B, D, H/f, W/f)
+            if hasattr(level, "downsample"):
+                h = level.downsample(h)  # halves H, W
         return rearrange(h, "b d h w -> b (h w) d")
 
 
 class PatchStem(nn.Module):
-    """Patchify conv (kernel = stride = ``patch_size``): (B, C, H, W) -> (B, (H/p)·(W/p), dim)."""
+    """Patchify conv (kernel = stride = ``patch_size``) and a per-channel GroupNorm (one channel per
+    group): (B, C, H, W) -> (B, (H/p)·(W/p), dim)."""
 
     def __init__(self, *, in_channels: int = 3, patch_size: int = 16, dim: int) -> None:
         super().__init__()
         self.downsample_factor = patch_size
+        self.out_dim = dim
         self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = nn.GroupNorm(dim, dim, eps=1e-6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rearrange(self.proj(x), "b d h w -> b (h w) d")
+        return rearrange(self.norm(self.proj(x)), "b d h w -> b (h w) d")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,11 +136,11 @@ class MergeBlock(nn.Module):
         drop_path: float = 0.0,
     ) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim=dim, num_heads=num_heads, qkv_bias=qkv_bias)
         self.ls1 = LayerScale(dim, init_values=init_values) if init_values else nn.Identity()
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=nn.GELU)
         self.ls2 = LayerScale(dim, init_values=init_values) if init_values else nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -164,9 +166,10 @@ class MergeBlock(nn.Module):
 
 @dataclass(frozen=True)
 class EncoderOutput:
-    """``z`` (B, K, code_dim): pre-quantisation latents; ``tokens`` (B, K, D): final-norm ViT tokens;
-    ``cls`` (B, D): final-norm [CLS]; ``assign`` (B, L) int64 in [0, K): kept token holding each
-    raster position (canonical order); ``sizes`` (B, K) float: positions held by each kept token."""
+    """``z`` (B, K, code_dim): pre-quantisation latents; ``tokens`` (B, K, D): the last block's
+    tokens; ``cls`` (B, D): the last block's [CLS] (no norm: the alignment head reads it raw);
+    ``assign`` (B, L) int64 in [0, K): kept token holding each raster position (canonical order);
+    ``sizes`` (B, K) float: positions held by each kept token. All in canonical order."""
 
     z: torch.Tensor
     tokens: torch.Tensor
@@ -175,16 +178,29 @@ class EncoderOutput:
     sizes: torch.Tensor
 
 
+class PreQuant(nn.Module):
+    """GroupNorm over the channels of all K kept tokens together → SiLU → Linear to ``code_dim``
+    (the authors' 1x1 conv on the merged-token grid). (B, K, D) -> (B, K, code_dim)."""
+
+    def __init__(self, *, dim: int, code_dim: int) -> None:
+        super().__init__()
+        self.norm = group_norm(dim)
+        self.act = nn.SiLU()
+        self.proj = nn.Linear(dim, code_dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = rearrange(self.norm(rearrange(tokens, "b k d -> b d k")), "b d k -> b k d")
+        return self.proj(self.act(h))
+
+
 class MergingEncoder(nn.Module):
-    """Stem → [CLS] + absolute position embedding → ``depth`` ViT blocks merging r_l tokens each
-    (schedule from :func:`merge_schedule`) → LayerNorm → drop [CLS] → LayerNorm → SiLU → Linear to
-    ``code_dim``.
+    """Stem → [CLS] → ``depth`` ViT blocks merging r_l tokens each (the authors' schedule,
+    :func:`plan_merges`) → pre-quantisation head on the K kept tokens.
 
     Merging happens after each block's attention, with the block's key metric; once any merge has
-    happened, attention adds log(size) to the key logits (proportional attention). ``pos_embed``
-    (1, 1 + L, D) includes a slot for [CLS], as in timm / DINOv2 checkpoints. ``num_tokens`` is the
-    square token grid of the training resolution; another input size (e.g. the 224 px student view
-    of the alignment loss) gets a bicubically resized position embedding and its own L.
+    happened, attention adds log(size) to the key logits (proportional attention). There is no
+    position embedding, so any input size whose side is a multiple of the stem's factor works
+    (e.g. the 224 px student view of the alignment loss).
     """
 
     def __init__(
@@ -200,21 +216,16 @@ class MergingEncoder(nn.Module):
         drop_path: float = 0.0,
         num_tokens: int,
         code_dim: int = 18,
-        merge_first_to_last: float = 3.0,
     ) -> None:
         super().__init__()
         if depth < 1 or num_tokens < 1:
             raise ConfigError(f"depth={depth} and num_tokens={num_tokens} must be >= 1")
-        side = math.isqrt(num_tokens)
-        if side * side != num_tokens:
-            raise ConfigError(f"num_tokens={num_tokens} must be a square (the token grid is square)")
+        if stem.out_dim != dim:
+            raise ConfigError(f"the stem outputs width {stem.out_dim} but the ViT width is dim={dim}")
         self.num_tokens = num_tokens
-        self.grid = (side, side)
         self.depth = depth
-        self.merge_first_to_last = merge_first_to_last
         self.stem = stem
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + num_tokens, dim))
         rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth grows with depth
         self.blocks = nn.ModuleList(
             MergeBlock(
@@ -227,36 +238,43 @@ class MergingEncoder(nn.Module):
             )
             for rate in rates
         )
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.pre_quant = nn.Sequential(nn.LayerNorm(dim, eps=1e-6), nn.SiLU(), nn.Linear(dim, code_dim))
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.pre_quant = PreQuant(dim=dim, code_dim=code_dim)
         nn.init.normal_(self.cls_token, std=1e-6)
         self.blocks.apply(_init_linear)
 
     def schedule(self, num_keep: int, *, num_tokens: int | None = None) -> tuple[int, ...]:
-        """Tokens merged in each block to keep ``num_keep`` of ``num_tokens`` (default: the
-        training grid's L); ConfigError if unreachable."""
+        """Tokens merged in each block to keep exactly ``num_keep`` of ``num_tokens`` (default: the
+        training grid's L); ConfigError if the schedule cannot produce it."""
         return merge_schedule(
             num_tokens=self.num_tokens if num_tokens is None else num_tokens,
             num_keep=num_keep,
             depth=self.depth,
-            first_to_last=self.merge_first_to_last,
         )
 
-    def forward(self, x: torch.Tensor, *, num_keep: int) -> EncoderOutput:
-        """x (B, C, H, W) image -> K = ``num_keep`` merged tokens and their assignment."""
+    def forward(
+        self, x: torch.Tensor, *, num_keep: int | None = None, num_merge: int | None = None
+    ) -> EncoderOutput:
+        """x (B, C, H, W) image -> merged tokens and their assignment. Give exactly one of
+        ``num_keep`` (K, produced exactly or a ConfigError) or ``num_merge`` (merge that many tokens
+        by the schedule; layers that cannot merge their share merge fewer, as the authors' student
+        view does)."""
         factor = self.stem.downsample_factor
         if x.shape[-2] % factor or x.shape[-1] % factor:
             raise ConfigError(
                 f"image size {tuple(x.shape[-2:])} is not a multiple of the stem's down-sampling "
                 f"factor {factor}"
             )
-        grid = (x.shape[-2] // factor, x.shape[-1] // factor)
-        schedule = self.schedule(num_keep, num_tokens=grid[0] * grid[1])
+        length = (x.shape[-2] // factor) * (x.shape[-1] // factor)
+        if (num_keep is None) == (num_merge is None):
+            raise ValueError("give exactly one of num_keep and num_merge")
+        if num_keep is not None:
+            schedule = self.schedule(num_keep, num_tokens=length)
+        else:
+            merges = max(0, min(int(num_merge), length - 1))
+            schedule = plan_merges(num_tokens=length, num_merge=merges, depth=self.depth).realized
         tokens = self.stem(x)  # (B, L, D)
-        bsz, length, _ = tokens.shape
-        cls = self.cls_token.expand(bsz, -1, -1)  # (B, 1, D)
-        h = torch.cat([cls, tokens], dim=1) + self.position_embedding(grid)  # (B, 1 + L, D)
+        bsz = tokens.shape[0]
+        h = torch.cat([self.cls_token.expand(bsz, -1, -1), tokens], dim=1)  # (B, 1 + L, D)
         sizes = torch.ones(bsz, 1 + length, device=h.device)  # (B, 1 + L), [CLS] included
         assign = torch.arange(length, device=h.device).expand(bsz, -1)  # (B, L)
         merged = False
@@ -269,26 +287,14 @@ class MergingEncoder(nn.Module):
                 assign = track_assignment(assign, plan)
                 merged = True
             h = block.feed_forward(h)
-        h = self.norm(h)  # (B, 1 + K, D)
-        canon = canonicalize(h[:, 1:], sizes[:, 1:], assign)
+        canon = canonicalize(h[:, 1:], sizes[:, 1:], assign)  # (B, K, D) in canonical order
         return EncoderOutput(
-            z=self.pre_quant(canon.tokens),  # (B, K, code_dim)
+            z=self.pre_quant(canon.tokens),  # (B, K, code_dim); the GroupNorm is order-free
             tokens=canon.tokens,
             cls=h[:, 0],
             assign=canon.assign,
             sizes=canon.sizes,
         )
-
-
-    def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
-        """(1, 1 + h·w, D): the learned embedding, bicubically resized for a grid other than the
-        training one ([CLS] slot unchanged)."""
-        if grid == self.grid:
-            return self.pos_embed
-        cls_pos, grid_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
-        grid_pos = rearrange(grid_pos, "1 (h w) d -> 1 d h w", h=self.grid[0])
-        grid_pos = F.interpolate(grid_pos, size=grid, mode="bicubic", align_corners=False)
-        return torch.cat([cls_pos, rearrange(grid_pos, "1 d h w -> 1 (h w) d")], dim=1)
 
 
 def _init_linear(module: nn.Module) -> None:

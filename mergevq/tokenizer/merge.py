@@ -156,98 +156,96 @@ def canonicalize(
 
 
 # ---------------------------------------------------------------------------------------------
-# Per-layer schedule r_1..r_depth
+# Per-layer schedule r_1..r_depth (the authors' rule, docs/official_parity.md)
 # ---------------------------------------------------------------------------------------------
 
-
-def _shrink(n: int, steps: int) -> int:
-    """Fewest non-CLS tokens left from ``n`` after ``steps`` maximal merges (each keeps ceil(n/2))."""
-    for _ in range(steps):
-        n -= n // 2
-    return n
+INFLECTION = -0.5  # the authors' decreasing ramp: the first layer merges about 3x the last
 
 
-def min_reachable(*, num_tokens: int, depth: int) -> int:
-    """Smallest kept count reachable from ``num_tokens`` non-CLS tokens in ``depth`` merging layers."""
-    return _shrink(num_tokens, depth)
-
-
-def merge_schedule(
-    *, num_tokens: int, num_keep: int, depth: int, first_to_last: float = 3.0
-) -> tuple[int, ...]:
-    """Tokens merged per layer, r_1..r_depth, summing exactly to ``num_tokens − num_keep``.
-
-    Rule: the ideal schedule is a linear ramp, layer l (0-based) weighted
-    ``w_l = 1 + (first_to_last − 1)·(depth − 1 − l)/(depth − 1)`` (the first layer merges
-    ``first_to_last`` times as many tokens as the last), scaled to the total and rounded by largest
-    remainder (ties to earlier layers). E.g. L=256, K=144, depth 12 gives
-    (14, 13, 12, 12, 11, 10, 9, 8, 7, 6, 6, 4); the authors use 12,14,13,...,5,5.
-    The ramp is then made feasible layer by layer: with N non-CLS tokens left a layer can merge at
-    most floor(N/2) (:func:`max_mergeable` with [CLS] protected); each layer merges its ideal amount
-    plus whatever earlier layers still owe (excess moves to later layers), clamped to at least what
-    the remaining layers could not absorb even merging maximally (so excess moves earlier when
-    later layers are too small). Raises :class:`ConfigError` when ``num_keep`` is unreachable.
-    """
-    _check_schedule_args(num_tokens=num_tokens, num_keep=num_keep, depth=depth)
-    if first_to_last < 1.0:
-        raise ConfigError(f"first_to_last={first_to_last} must be >= 1 (a ramp down)")
-    return _merge_schedule(num_tokens, num_keep, depth, float(first_to_last))
-
-
-def _check_schedule_args(*, num_tokens: int, num_keep: int, depth: int) -> None:
-    if depth < 1:
-        raise ConfigError(f"depth={depth} must be >= 1")
-    if num_tokens < 1:
-        raise ConfigError(f"num_tokens={num_tokens} must be >= 1")
-    if not 1 <= num_keep <= num_tokens:
-        raise ConfigError(f"num_keep={num_keep} must be in [1, {num_tokens}] (num_tokens)")
-    smallest = min_reachable(num_tokens=num_tokens, depth=depth)
-    if num_keep < smallest:
-        raise ConfigError(
-            f"num_keep={num_keep} is unreachable from {num_tokens} tokens in {depth} merging "
-            f"layers (at most half merge per layer); valid: {smallest}..{num_tokens}"
-        )
-
-
-def _ramp(total: int, depth: int, first_to_last: float) -> list[int]:
-    """Integers summing to ``total``, proportional to a linear ramp (largest remainder)."""
-    if depth == 1:
-        return [total]
-    weights = [1 + (first_to_last - 1) * (depth - 1 - i) / (depth - 1) for i in range(depth)]
-    exact = [total * w / sum(weights) for w in weights]
-    out = [math.floor(e) for e in exact]
-    by_remainder = sorted(range(depth), key=lambda i: (-(exact[i] - out[i]), i))
-    for i in by_remainder[: total - sum(out)]:
-        out[i] += 1
+def _ramp(depth: int, r: int, total: int | None) -> list[int]:
+    """The authors' ramp for a base rate ``r``: from int(1.5·r) linearly down towards 0.5·r, each
+    entry truncated; with ``total`` the difference to it is added to the first layer."""
+    first = int(r * (1.0 - INFLECTION))
+    last = 2 * r - first
+    step = (last - first) / (depth - 1) if depth > 1 else 0.0
+    out = [int(first + step * i) for i in range(depth)]
+    if total is not None:
+        out[0] += total - sum(out)
     return out
 
 
 @lru_cache(maxsize=4096)
-def _merge_schedule(
-    num_tokens: int, num_keep: int, depth: int, first_to_last: float
-) -> tuple[int, ...]:
-    ideal = _ramp(num_tokens - num_keep, depth, first_to_last)
-    schedule: list[int] = []
-    n, owed = num_tokens, 0
-    for layer in range(depth):
-        remaining = n - num_keep  # still to merge, this layer and later ones
-        later = depth - 1 - layer
-        cap = min(n // 2, remaining)
-        # Smallest r such that the later layers, merging maximally, can finish the job.
-        # (n - _shrink(n - r, later) is non-decreasing in r, so bisect.)
-        low, high = 0, cap
-        while low < high:
-            mid = (low + high) // 2
-            if n - _shrink(n - mid, later) >= remaining:
-                high = mid
-            else:
-                low = mid + 1
-        r = min(max(ideal[layer] + owed, low), cap)
-        owed += ideal[layer] - r
-        schedule.append(r)
+def base_rate(depth: int, num_merge: int) -> int:
+    """The base rate r whose plain ramp sums closest to ``num_merge`` (the first such r; the
+    search stops once the gap grows), as the authors choose it."""
+    gap, best = math.inf, 0
+    for r in range(num_merge):
+        miss = abs(sum(_ramp(depth, r, None)) - num_merge)
+        if miss < gap:
+            best, gap = r, miss
+        elif miss > gap:
+            break
+    return best
+
+
+@dataclass(frozen=True)
+class MergeSchedule:
+    """``planned`` (depth,): the ramp, summing to the requested merge count; ``realized`` (depth,):
+    what each layer can merge (at most floor(N/2) of N non-[CLS] tokens, none when the plan is
+    <= 0); ``num_keep``: tokens left after ``realized``."""
+
+    planned: tuple[int, ...]
+    realized: tuple[int, ...]
+    num_keep: int
+
+
+@lru_cache(maxsize=4096)
+def plan_merges(*, num_tokens: int, num_merge: int, depth: int) -> MergeSchedule:
+    """Merge ``num_merge`` of ``num_tokens`` tokens over ``depth`` blocks by the authors' rule.
+
+    The plan is the ramp of :func:`base_rate` with the rounding remainder put on the first layer;
+    layers then merge ``min(r_l, floor(N_l / 2))``, so a plan too steep for the sequence merges fewer
+    tokens in total (``realized``). E.g. L = 256, 112 merges, depth 12: 12, 14, 13, 12, 11, 10, 9,
+    8, 7, 6, 5, 5.
+    """
+    if depth < 1 or num_tokens < 1 or not 0 <= num_merge < num_tokens:
+        raise ConfigError(
+            f"cannot merge {num_merge} of {num_tokens} tokens in {depth} blocks: need depth >= 1 "
+            f"and 0 <= merges < tokens"
+        )
+    planned = tuple(_ramp(depth, base_rate(depth, num_merge), num_merge))
+    realized, n = [], num_tokens
+    for r in planned:
+        r = max(0, min(r, max_mergeable(n + 1)))
+        realized.append(r)
         n -= r
-    assert n == num_keep, (num_tokens, num_keep, depth, schedule)
-    return tuple(schedule)
+    return MergeSchedule(planned=planned, realized=tuple(realized), num_keep=n)
+
+
+def reachable_counts(*, num_tokens: int, depth: int) -> tuple[int, ...]:
+    """Every kept count K that the authors' schedule produces exactly from ``num_tokens``."""
+    return tuple(
+        k for k in range(1, num_tokens + 1)
+        if plan_merges(num_tokens=num_tokens, num_merge=num_tokens - k, depth=depth).num_keep == k
+    )
+
+
+def merge_schedule(*, num_tokens: int, num_keep: int, depth: int) -> tuple[int, ...]:
+    """Tokens merged per block to keep exactly ``num_keep`` of ``num_tokens``; a K the schedule
+    cannot produce exactly is a one-line :class:`ConfigError` naming the reachable neighbours."""
+    if not 1 <= num_keep <= num_tokens:
+        raise ConfigError(f"num_keep={num_keep} must be in [1, {num_tokens}] (num_tokens)")
+    plan = plan_merges(num_tokens=num_tokens, num_merge=num_tokens - num_keep, depth=depth)
+    if plan.num_keep != num_keep:
+        ok = reachable_counts(num_tokens=num_tokens, depth=depth)
+        below = [k for k in ok if k < num_keep][-3:]
+        above = [k for k in ok if k > num_keep][:3]
+        raise ConfigError(
+            f"num_keep={num_keep} is unreachable from {num_tokens} tokens in {depth} merging blocks "
+            f"(the merge schedule keeps {plan.num_keep}); nearest reachable: {below + above}, "
+            f"smallest {ok[0]}"
+        )
+    return plan.realized
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,10 +254,11 @@ def _merge_schedule(
 
 K_CANDIDATES: dict[str, tuple[int, ...]] = {
     "G": (225, 256, 289, 324, 361, 400, 441, 484, 529),
+    "G-d32": (225, 256, 289, 324, 361, 400, 441, 484),
     "GR": (121, 144, 169, 196, 225, 256),
     "R": (49, 64, 81, 100, 121, 144),
 }
-K_NOMINAL: dict[str, int] = {"G": 256, "GR": 144, "R": 64}
+K_NOMINAL: dict[str, int] = {"G": 256, "G-d32": 256, "GR": 144, "R": 64}
 
 
 def default_candidates(
@@ -280,15 +279,21 @@ def default_candidates(
 class KSampler:
     """Draws the kept-token count K for a training step, identically on every rank.
 
-    ``weights`` are Gaussian in *candidate index* units: w_i ∝ exp(−(i − i_nominal)² / (2·sigma²)).
-    With the default sigma 0.8 the nominal K is drawn about half the time and its neighbours most of
-    the rest. A draw depends only on (seed, step): ``numpy.random.default_rng([seed, step])``, so
-    ranks agree without communicating and a resumed run repeats the same K sequence.
+    Weights follow the authors' training configs (``cand_distribution: gaussian-N``): over candidate
+    *positions* i, w_i ∝ exp(−(i − i_nominal)² / (2·std²)) + floor, with std 0.5 and floor 0.05. The
+    floor keeps every candidate in training, so the largest K, where the paper's headline rFID is
+    measured, is trained too: GR and R (6 candidates, nominal second) draw 11.8 / 66.8 / 11.8 / 3.2 /
+    3.2 / 3.2 %; G-d32 (8) at least 2.99 % and G-d64 (9) at least 2.91 % per candidate.
+
+    A draw depends only on (seed, step): ``numpy.random.default_rng([seed, step])``, so ranks agree
+    without communicating and a resumed run repeats the same K sequence. (The authors cycle a
+    deterministic u = (batch_idx mod 100)/100 through the same cumulative weights.)
     """
 
     candidates: tuple[int, ...]
     nominal: int
-    sigma: float = 0.8
+    std: float = 0.5
+    floor: float = 0.05
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -298,23 +303,28 @@ class KSampler:
             raise ConfigError(f"candidates={cands} must be distinct positive ints, increasing")
         if self.nominal not in cands:
             raise ConfigError(f"nominal={self.nominal} must be one of candidates={cands}")
-        if not self.sigma > 0:
-            raise ConfigError(f"sigma={self.sigma} must be > 0 (candidate-index units)")
+        if not self.std > 0:
+            raise ConfigError(f"std={self.std} must be > 0 (candidate-position units)")
+        if not self.floor >= 0:
+            raise ConfigError(f"floor={self.floor} must be >= 0")
         if self.seed < 0:
             raise ConfigError(f"seed={self.seed} must be >= 0")
 
     @classmethod
-    def from_preset(cls, name: str, *, sigma: float = 0.8, seed: int = 0) -> KSampler:
-        """One of ``K_CANDIDATES`` ("G", "GR", "R") with its nominal K."""
+    def from_preset(cls, name: str, *, std: float = 0.5, floor: float = 0.05, seed: int = 0) -> KSampler:
+        """One of ``K_CANDIDATES`` ("G", "G-d32", "GR", "R") with its nominal K."""
         if name not in K_CANDIDATES:
             raise ConfigError(f"K preset {name!r} is unknown; valid: {sorted(K_CANDIDATES)}")
-        return cls(candidates=K_CANDIDATES[name], nominal=K_NOMINAL[name], sigma=sigma, seed=seed)
+        return cls(candidates=K_CANDIDATES[name], nominal=K_NOMINAL[name], std=std, floor=floor, seed=seed)
 
     @property
     def weights(self) -> tuple[float, ...]:
         """Probabilities of the candidates (sum to 1)."""
         center = self.candidates.index(self.nominal)
-        raw = [math.exp(-((i - center) ** 2) / (2 * self.sigma**2)) for i in range(len(self.candidates))]
+        raw = [
+            math.exp(-((i - center) ** 2) / (2 * self.std**2)) + self.floor
+            for i in range(len(self.candidates))
+        ]
         return tuple(w / sum(raw) for w in raw)
 
     def sample(self, step: int) -> int:

@@ -10,10 +10,10 @@ the training code. The frozen teacher of the alignment loss is not part of this 
 training module owns it), so it can never end up in a checkpoint.
 
 Parameter counts (DESIGN §4 table, "params enc/dec"): *enc* = stem + merging ViT + pre-quantisation
-projection + learned recovery (the token-merge side: it predicts which kept token holds every
-position); *dec* = the decoder. The [CLS] alignment head is a training-time head and is reported
-on its own. ``MergeVQ.parameter_counts()`` returns all of them; a test holds every paper preset
-within 2 % of the table.
+head + [CLS] alignment head (the authors' encoder holds that head, and the paper counts it: with it
+every preset lands within 0.7 % of the table); *dec* = the decoder. The learned recovery is ours
+(the authors' forward path has none) and is reported on its own. ``MergeVQ.parameter_counts()``
+returns all of them; a test holds every paper preset within 2 % of the table.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from mergevq.tokenizer.recovery import LearnedRecovery, unmerge
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the authors' architecture (issue #12); 1 files hold the earlier layout
 
 
 @dataclass(frozen=True)
@@ -66,15 +66,17 @@ class MergeVQConfig:
     entropy_temperature: float = 0.01
     # learned recovery (0 = off: decoding then needs the assignment)
     recovery_depth: int = 2
-    # decoder
+    # decoder (dec_dim must equal dec_ch * dec_ch_mult[-1]; blocks per level finest first)
     dec_dim: int = 512
     dec_depth: int = 12
     dec_heads: int = 8
     dec_ch: int = 64
     dec_ch_mult: tuple[int, ...] = (1, 1, 2, 4, 8)
-    dec_res_blocks: tuple[int, ...] = (4, 4, 4, 4, 6)
-    # [CLS] alignment head output width (the teacher's, 768 for DINOv2 ViT-B; 0 = no head)
+    dec_res_blocks: tuple[int, ...] = (4, 5, 5, 5, 5)
+    # [CLS] alignment head output width (the teacher's, 768 for DINOv2 ViT-B; 0 = no head) and form:
+    # "mlp3" (the authors' GR/R head) or "mlp_ln" (their G head)
     cls_dim: int = 768
+    cls_head: Literal["mlp3", "mlp_ln"] = "mlp3"
     # kept-token counts: the nominal K and the training candidates
     num_keep: int = 144
     k_candidates: tuple[int, ...] = (121, 144, 169, 196, 225, 256)
@@ -126,6 +128,18 @@ def _validate(config: MergeVQConfig, *, source: str) -> None:
         )
     if config.stem == "cnn" and len(config.enc_res_blocks) != len(config.ch_mult):
         raise ConfigError(f"{source}: enc_res_blocks needs one entry per ch_mult level ({len(config.ch_mult)})")
+    if config.stem == "cnn" and config.ch_mult and config.dim != config.ch * config.ch_mult[-1]:
+        raise ConfigError(
+            f"{source}: dim={config.dim} must equal ch * ch_mult[-1] = {config.ch * config.ch_mult[-1]} "
+            f"(the CNN stem feeds the ViT directly)"
+        )
+    if config.dec_ch_mult and config.dec_dim != config.dec_ch * config.dec_ch_mult[-1]:
+        raise ConfigError(
+            f"{source}: dec_dim={config.dec_dim} must equal dec_ch * dec_ch_mult[-1] = "
+            f"{config.dec_ch * config.dec_ch_mult[-1]} (the decoder ViT feeds its CNN directly)"
+        )
+    if config.cls_head not in ("mlp3", "mlp_ln"):
+        raise ConfigError(f"{source}: cls_head={config.cls_head!r}; valid: mlp3, mlp_ln")
     if len(config.dec_res_blocks) != len(config.dec_ch_mult):
         raise ConfigError(f"{source}: dec_res_blocks needs one entry per dec_ch_mult level ({len(config.dec_ch_mult)})")
     if 2 ** (len(config.dec_ch_mult) - 1) != config.downsample_factor:
@@ -142,33 +156,37 @@ def _validate(config: MergeVQConfig, *, source: str) -> None:
 # Presets: the six variants of DESIGN §4, and tiny ones for tests and the CPU demo
 # --------------------------------------------------------------------------------------------------
 
-_G = dict(k_candidates=(225, 256, 289, 324, 361, 400, 441, 484, 529), num_keep=256)
-_GR = dict(k_candidates=(121, 144, 169, 196, 225, 256), num_keep=144)
-_R = dict(k_candidates=(49, 64, 81, 100, 121, 144), num_keep=64)
+# The authors' training configs (configs/gpu_s1/imagenet_mergevq_256_*.yaml): 4 encoder ResBlocks per
+# level, 4 + 1 decoder ResBlocks per level except the finest; G's [CLS] head has a LayerNorm.
+_G = dict(k_candidates=(225, 256, 289, 324, 361, 400, 441, 484, 529), num_keep=256, cls_head="mlp_ln")
+_G32 = dict(k_candidates=(225, 256, 289, 324, 361, 400, 441, 484), num_keep=256, cls_head="mlp_ln")
+_GR = dict(k_candidates=(121, 144, 169, 196, 225, 256), num_keep=144, cls_head="mlp3")
+_R = dict(k_candidates=(49, 64, 81, 100, 121, 144), num_keep=64, cls_head="mlp3")
 
 PRESETS: dict[str, MergeVQConfig] = {
-    "G-d32": MergeVQConfig(ch=32, ch_mult=(2, 4, 8, 12), enc_res_blocks=(2, 2, 2, 4), dim=384, num_heads=8,
+    "G-d32": MergeVQConfig(ch=32, ch_mult=(2, 4, 8, 12), enc_res_blocks=(4, 4, 4, 4), dim=384, num_heads=8,
                            dec_dim=384, dec_heads=8, dec_ch=32, dec_ch_mult=(2, 4, 8, 12),
-                           dec_res_blocks=(4, 4, 4, 6), **_G),
-    "G-d64": MergeVQConfig(ch=64, ch_mult=(1, 2, 4, 8), enc_res_blocks=(3, 3, 3, 3), dim=512, num_heads=8,
+                           dec_res_blocks=(4, 5, 5, 5), **_G32),
+    "G-d64": MergeVQConfig(ch=64, ch_mult=(1, 2, 4, 8), enc_res_blocks=(4, 4, 4, 4), dim=512, num_heads=8,
                            dec_dim=512, dec_heads=8, dec_ch=64, dec_ch_mult=(1, 2, 4, 8),
-                           dec_res_blocks=(4, 4, 4, 6), **_G),
+                           dec_res_blocks=(4, 5, 5, 5), **_G),
     "GR-d32": MergeVQConfig(ch=32, ch_mult=(2, 2, 4, 8, 12), enc_res_blocks=(4, 4, 4, 4, 4), dim=384,
                             num_heads=8, dec_dim=384, dec_heads=8, dec_ch=32, dec_ch_mult=(2, 2, 4, 8, 12),
-                            dec_res_blocks=(4, 4, 4, 4, 6), **_GR),
+                            dec_res_blocks=(4, 5, 5, 5, 5), **_GR),
     "GR-d64": MergeVQConfig(ch=64, ch_mult=(1, 1, 2, 4, 8), enc_res_blocks=(4, 4, 4, 4, 4), dim=512,
                             num_heads=8, **_GR),
     "GR-d96": MergeVQConfig(ch=96, ch_mult=(1, 1, 2, 4, 8), enc_res_blocks=(4, 4, 4, 4, 4), dim=768,
                             num_heads=12, dec_dim=768, dec_heads=12, dec_ch=96, dec_ch_mult=(1, 1, 2, 4, 8),
-                            dec_res_blocks=(4, 4, 4, 4, 6), **_GR),
+                            dec_res_blocks=(4, 5, 5, 5, 5), **_GR),
+    # R: a ViT-B encoder (768 wide, 12 heads of 64) on a patch-16 stem, the GR-d64 decoder.
     "R": MergeVQConfig(stem="patch", patch_size=16, ch=0, ch_mult=(), enc_res_blocks=(), dim=768,
                        num_heads=12, **_R),
     # Tiny variants: 32 px images, 64 tokens, for tests and the CPU demo (same code paths).
-    "tiny-G": MergeVQConfig(image_size=32, ch=16, ch_mult=(1, 2, 2), enc_res_blocks=(1, 1, 1), dim=64,
+    "tiny-G": MergeVQConfig(image_size=32, ch=16, ch_mult=(1, 2, 4), enc_res_blocks=(1, 1, 1), dim=64,
                             depth=4, num_heads=2, recovery_depth=1, dec_dim=64, dec_depth=2, dec_heads=2,
                             dec_ch=32, dec_ch_mult=(1, 2, 2), dec_res_blocks=(1, 1, 1), cls_dim=32,
-                            num_keep=36, k_candidates=(25, 36, 49, 64)),
-    "tiny-GR": MergeVQConfig(image_size=32, ch=16, ch_mult=(1, 1, 2, 2), enc_res_blocks=(1, 1, 1, 1), dim=64,
+                            cls_head="mlp_ln", num_keep=36, k_candidates=(25, 36, 49, 64)),
+    "tiny-GR": MergeVQConfig(image_size=32, ch=16, ch_mult=(1, 1, 2, 4), enc_res_blocks=(1, 1, 1, 1), dim=64,
                              depth=4, num_heads=2, recovery_depth=1, dec_dim=64, dec_depth=2, dec_heads=2,
                              dec_ch=32, dec_ch_mult=(1, 1, 2, 2), dec_res_blocks=(1, 1, 1, 1), cls_dim=32,
                              num_keep=9, k_candidates=(4, 9, 16)),
@@ -251,8 +269,7 @@ class MergeVQ(nn.Module):
         if config.stem == "patch":
             stem: nn.Module = PatchStem(patch_size=config.patch_size, dim=config.dim)
         else:
-            stem = CNNStem(ch=config.ch, ch_mult=config.ch_mult, num_res_blocks=config.enc_res_blocks,
-                           out_dim=config.dim)
+            stem = CNNStem(ch=config.ch, ch_mult=config.ch_mult, num_res_blocks=config.enc_res_blocks)
         self.encoder = MergingEncoder(
             stem=stem, dim=config.dim, depth=config.depth, num_heads=config.num_heads,
             mlp_ratio=config.mlp_ratio, drop_path=config.drop_path, num_tokens=config.num_tokens,
@@ -271,7 +288,9 @@ class MergeVQ(nn.Module):
             mlp_ratio=config.mlp_ratio, grid=config.grid, ch=config.dec_ch, ch_mult=config.dec_ch_mult,
             num_res_blocks=config.dec_res_blocks,
         )
-        self.cls_head = ClsHead(in_dim=config.dim, out_dim=config.cls_dim) if config.cls_dim > 0 else None
+        self.cls_head = (
+            ClsHead(in_dim=config.dim, out_dim=config.cls_dim, kind=config.cls_head) if config.cls_dim > 0 else None
+        )
 
     # ---- sizes ------------------------------------------------------------------------------
 
@@ -294,7 +313,7 @@ class MergeVQ(nn.Module):
 
         counts = {"encoder": count(self.encoder), "recovery": count(self.recovery),
                   "decoder": count(self.decoder), "cls_head": count(self.cls_head)}
-        counts["enc"] = counts["encoder"] + counts["recovery"]
+        counts["enc"] = counts["encoder"] + counts["cls_head"]
         counts["dec"] = counts["decoder"]
         counts["total"] = count(self)
         return counts
@@ -324,7 +343,10 @@ class MergeVQ(nn.Module):
         """indices (B, K) [+ assign (B, L)] -> image (B, 3, H, W). Without ``assign`` the learned
         recovery predicts it from the K codes."""
         codes = self.quantizer.indices_to_codes(indices, dtype=self._dtype())
-        if assign is None:
+        if assign is None and codes.shape[1] == self.num_tokens:
+            # K = L: nothing was merged, so every position holds its own token (no recovery needed).
+            assign = torch.arange(self.num_tokens, device=codes.device).expand(codes.shape[0], -1)
+        elif assign is None:
             assign = self.predict_assign(codes)
         return self.decode_codes(codes, assign)
 
@@ -334,29 +356,27 @@ class MergeVQ(nn.Module):
             raise ValueError(f"decode_raster expects (B, L={self.num_tokens}) indices, got {tuple(indices.shape)}")
         return self.decoder(self.quantizer.indices_to_codes(indices, dtype=self._dtype()))
 
-    def student_num_keep(self, num_tokens: int, num_keep: int) -> int:
-        """K for another input size (e.g. the 224 px student view): the same kept fraction."""
-        return max(1, min(num_tokens, round(num_keep * num_tokens / self.num_tokens)))
-
     def forward(self, x: torch.Tensor, num_keep: int, *, student_view: torch.Tensor | None = None) -> MergeVQOutput:
         """Reconstruct ``x`` keeping ``num_keep`` tokens and return everything the losses need.
 
         ``recovery_logits`` (B, L, K) train the learned recovery with cross-entropy against
         ``encoded.assign``; they are computed from detached codes, so the recovery loss does not
-        shape the encoder. ``cls_feature`` is the alignment head on the [CLS] of ``student_view``
-        (the strong 224 px view) when given, else on the reconstruction view's [CLS].
+        shape the encoder. At K = L there is nothing to recover and they are None. ``cls_feature``
+        is the alignment head on the raw [CLS] of ``student_view`` (the strong 224 px view) when
+        given, else on the reconstruction view's [CLS]. The student view merges the same number of
+        tokens, L − K, as the reconstruction view (the authors' rule), so its own K differs.
         """
         encoded = self.encode(x, num_keep)
         reconstruction = self.decode_codes(encoded.codes, encoded.assign)
-        logits = self.recovery(encoded.codes.detach()) if self.recovery is not None else None
+        logits = None
+        if self.recovery is not None and num_keep < self.num_tokens:
+            logits = self.recovery(encoded.codes.detach())
         cls_feature = None
         if self.cls_head is not None:
             if student_view is None:
                 cls = encoded.cls
             else:
-                f = self.config.downsample_factor
-                tokens = (student_view.shape[-2] // f) * (student_view.shape[-1] // f)
-                cls = self.encoder(student_view, num_keep=self.student_num_keep(tokens, num_keep)).cls
+                cls = self.encoder(student_view, num_merge=self.num_tokens - num_keep).cls
             cls_feature = self.cls_head(cls)
         return MergeVQOutput(reconstruction=reconstruction, encoded=encoded, recovery_logits=logits,
                              cls_feature=cls_feature)
@@ -394,6 +414,12 @@ class MergeVQ(nn.Module):
             model_cfg = meta["model"]
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise WeightsError(f"{config_path} is not a MergeVQ config ({err})") from None
+        version = meta.get("format_version")
+        if version != FORMAT_VERSION:
+            raise WeightsError(
+                f"{config_path}: format_version {version!r}, this mergevq reads {FORMAT_VERSION} (format 1 is the "
+                f"layout before the authors'-architecture parity; those weights compute another function, retrain)"
+            )
         model = cls(config=_config_from_dict(model_cfg, source=str(config_path)))
         load_weights_strict(model, weights_path, config_path=config_path, map_location=map_location)
         return model.to(map_location)
