@@ -183,10 +183,10 @@ def test_train_batch_size_as_an_override(tmp_path, capsys):
 
 @pytest.mark.parametrize("params, key, expected", [
     ({"betas": 0.9}, "model.params.betas", "expected a list of float, got 0.9 (float)"),
-    ({"k_sigma": "fast"}, "model.params.k_sigma", "expected float, got 'fast' (str)"),
+    ({"k_std": "fast"}, "model.params.k_std", "expected float, got 'fast' (str)"),
     ({"betas": [0.5, "x"]}, "model.params.betas.1", "expected float, got 'x' (str)"),  # inside a list
     ({"lr_drop_epochs": [1, 2.5]}, "model.params.lr_drop_epochs.1", "expected int, got 2.5 (float)"),
-], ids=["betas", "k_sigma", "list element", "int list element"])
+], ids=["betas", "k_std", "list element", "int list element"])
 def test_train_model_values_in_a_file(tmp_path, capsys, params, key, expected):
     config = _tiny(tmp_path, params=params)
     err = _train([str(config)], tmp_path / "run", capsys)

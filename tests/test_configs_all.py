@@ -53,6 +53,7 @@ _TINY_TOKENIZER = [
     "model.params.perceptual.net=alex",
     "model.params.perceptual.random_init=true",
     "model.params.teacher=null",
+    "model.params.encoder_init=null",
 ]
 # base.yaml leaves the variant-defining keys mandatory (???)
 _BASE_MANDATORY = ["run.name=base", "trainer.max_epochs=1", "model.params.lr_drop_epochs=[1]"]

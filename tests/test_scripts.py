@@ -303,6 +303,7 @@ model:
     tokenizer: {{params: {{preset: tiny-GR}}}}
     discriminator: {{params: {{ndf: 8, n_layers: 2}}}}
     teacher: null
+    encoder_init: null
     perceptual: {{net: alex, weights_path: null, random_init: true}}
     accumulate_grad_batches: 1
 """
@@ -424,7 +425,7 @@ def test_multi_node_script_two_nodes_gloo(tmp_path):
     tiny = preset(cfg.model.params.tokenizer.params.preset)
     sampler = KSampler(
         candidates=tiny.k_candidates, nominal=tiny.num_keep,
-        sigma=cfg.model.params.k_sigma, seed=cfg.run.seed,
+        std=cfg.model.params.k_std, floor=cfg.model.params.k_floor, seed=cfg.run.seed,
     )
     steps = sorted(logged)
     assert [logged[s] for s in steps] == [sampler.sample(i) for i in range(len(steps))]

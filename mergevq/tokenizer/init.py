@@ -1,34 +1,49 @@
-"""Encoder initialisation from a DINOv2 checkpoint by uniform element selection (DESIGN §4 step 8).
+"""Encoder initialisation from a DINOv2 checkpoint by element selection (DESIGN §4 step 8).
 
-**Uniform element selection.** To shrink a tensor to a smaller shape, every dimension independently
-keeps ``m`` of its ``n`` indices, evenly spaced from the first to the last:
-``index_i = round_half_up(i · (n − 1) / (m − 1))`` for ``i = 0 .. m−1`` (``m = 1`` keeps index 0;
-``m = n`` is the identity). The rounding is done in exact integer arithmetic, so the rule does not
-depend on floating-point ties. Example: 10 → 4 keeps ``[0, 3, 6, 9]``. A target larger than the
-source is an error (nothing to select).
+The G and GR recipes start the encoder's ViT from DINOv2 (ViT-S/14 for the d32 widths, ViT-B/14
+otherwise), shrinking every tensor to the encoder's shape by picking a subset of its entries. This
+module reproduces what the authors' training code does, tensor for tensor.
 
-**Consistency across tensors.** Every dimension of the same size is reduced with the same indices, so
-the residual-stream channels kept in ``norm1.weight`` are exactly the input columns kept in
-``qkv.weight`` and ``fc1.weight``, the output rows of ``proj`` / ``fc2``, ``ls1.gamma``,
-``cls_token`` and ``norm.weight``; the MLP hidden channels kept in ``fc1``'s rows are ``fc2``'s columns.
-``attn.qkv`` is split into its q, k, v chunks, which are reduced separately with the same indices (q,
-k and v stay aligned channel by channel, and v's kept channels are ``proj``'s kept columns). Heads
-are not treated specially: the kept channels of q/k/v are regrouped into the encoder's heads in
-order, so when the head count or head size changes (e.g. 12×64 → 8×48) a target head mixes channels
-of neighbouring source heads. This is an initialisation, not an equivalent network.
+**What is initialised.** Only the encoder's ``cls_token`` and its transformer blocks
+(``blocks.{i}.<timm Block keys>``). Block ``i`` of the encoder comes from block ``i`` of the
+checkpoint, the same index (an encoder with fewer blocks takes the first ones; one with more is a
+:class:`ConfigError`). Everything else of the encoder (the CNN or patch stem, the pre-quantisation
+head) keeps its fresh initialisation, and every other checkpoint tensor (patch and position
+embeddings, mask and register tokens, the final LayerNorm, heads) is unused and listed in the
+report.
 
-**Blocks.** When the checkpoint has more blocks than the encoder, the blocks themselves are selected
-by the same rule (12 → 6 keeps blocks 0, 2, 4, 7, 9, 11); an encoder deeper than the checkpoint is a
-config error.
+**Selecting elements.** Each dimension of a tensor is shrunk on its own, from ``n`` source entries
+to ``m`` target entries (``m <= n``, else :class:`ConfigError`):
 
-**Sources.** ``source="timm"``: timm ``vit_*_dinov2`` state dicts, and Meta's original DINOv2 files
-(same block names); ``source="transformers"``: ``Dinov2Model`` state dicts, either as saved on disk
-(``encoder.layer.{i}.attention.attention.{query,key,value}``, ``attention.output.dense``) or as
-transformers ≥ 5 names them in memory (``attention.{q,k,v,o}_proj``); a ``dinov2.`` prefix (from
-``Dinov2ForImageClassification``) is stripped. q, k, v are concatenated into ``qkv``. Tensors that do
-not map to the encoder (patch embedding, position embedding, mask/register tokens, heads) are
-reported as skipped. The [CLS] token is copied as stored: DINOv2's ``pos_embed[:, 0]`` is not folded
-into it.
+* when ``m`` divides ``n``: every ``(n // m)``-th entry, starting with the first
+  (``0, s, 2s, ...`` with ``s = n // m``; ``m = n`` is the identity);
+* otherwise: ``torch.round(torch.linspace(0, n - 1, m))`` in float32, i.e. evenly spaced from the
+  first entry to the last, ties rounded to the even index.
+
+For example 768 -> 384 keeps ``0, 2, 4, ...``; 768 -> 512 keeps ``0, 2, 3, 5, 6, ...``; 10 -> 4 keeps
+``0, 3, 6, 9``. Because the rule depends only on the two sizes, dimensions of equal size are
+reduced alike: the residual channels kept by the LayerNorms, ``ls*.gamma``, ``cls_token``, the
+input columns of ``qkv`` / ``fc1`` and the output rows of ``proj`` / ``fc2`` are the same ones.
+``attn.qkv`` is one tensor of ``3·D`` rows (q, then k, then v) and is reduced as one, like every
+other tensor. With a stride (e.g. 2304 -> 1152 rows) and for the paper's widths (DINOv2-B 2304 ->
+1536 rows for the 512-wide d64 encoders) each third of the kept rows is exactly the residual
+channels kept elsewhere, in q, k and v alike; for some other widths (e.g. 64 -> 48) a few rows of a
+third land one channel off (each third still draws only from its own q, k or v). Heads are not
+treated specially either. The result is a starting point for training, not a network equivalent
+to the checkpoint.
+
+**Sources.** ``source="timm"``: timm ``vit_*_dinov2`` state dicts (the authors load
+``vit_base_patch14_dinov2.lvd142m`` / ``vit_small_patch14_dinov2.lvd142m``) and Meta's original
+DINOv2 files, which share the block names. ``source="transformers"``: ``Dinov2Model`` state dicts,
+as saved on disk (``encoder.layer.{i}.attention.attention.{query,key,value}``,
+``attention.output.dense``) or as transformers >= 5 names them in memory
+(``attention.{q,k,v,o}_proj``), also under a ``dinov2.`` prefix; q, k and v are stacked into the
+timm ``qkv`` layout first, so both sources give the same tensors for the same DINOv2 weights. The
+[CLS] token is taken as stored (DINOv2's ``pos_embed[:, 0]`` is not added to it).
+
+**From a config.** :class:`EncoderInit` is the ``model.params.encoder_init`` mapping of the
+training config (``{source, path}``); :func:`init_encoder_from_file` reads the local file or folder
+(nothing is downloaded) and applies it once when a run is built.
 """
 
 from __future__ import annotations
@@ -38,6 +53,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -58,9 +74,10 @@ BLOCK_KEYS = (
     "mlp.fc2.weight", "mlp.fc2.bias",
     "ls2.gamma",
 )
+# Non-block tensors the conversion reads (the teacher uses the final norm; the init only cls_token).
 TOP_KEYS = ("cls_token", "norm.weight", "norm.bias")
 
-# transformers Dinov2Layer suffix -> timm Block suffix (q/k/v handled as chunks of attn.qkv).
+# transformers Dinov2Layer suffix -> timm Block suffix (q/k/v are stacked into attn.qkv).
 _HF_BLOCK = {
     "norm1.weight": "norm1.weight", "norm1.bias": "norm1.bias",
     "attention.output.dense.weight": "attn.proj.weight", "attention.output.dense.bias": "attn.proj.bias",
@@ -81,24 +98,24 @@ _TIMM_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
 
 # --------------------------------------------------------------------------------------------------
-# uniform element selection
+# element selection
 
 
 def selection_indices(n_src: int, n_dst: int) -> Tensor:
-    """The ``n_dst`` evenly spaced indices into ``range(n_src)`` (see the module docstring)."""
+    """The ``n_dst`` indices into ``range(n_src)`` that element selection keeps (module docstring):
+    a stride of ``n_src // n_dst`` from 0 when ``n_dst`` divides ``n_src``, else
+    ``round(linspace(0, n_src - 1, n_dst))`` (float32, ties to even). int64 tensor."""
     if n_dst > n_src:
         raise ConfigError(f"cannot select {n_dst} elements from {n_src}: the target is larger than the source")
     if n_dst < 1:
         raise ConfigError(f"cannot select {n_dst} elements: the target size must be at least 1")
-    if n_dst == 1:
-        return torch.zeros(1, dtype=torch.long)
-    i = torch.arange(n_dst, dtype=torch.long)
-    # round_half_up(i (n-1) / (m-1)) = floor((2 i (n-1) + (m-1)) / (2 (m-1))), exact in integers
-    return torch.div(2 * i * (n_src - 1) + (n_dst - 1), 2 * (n_dst - 1), rounding_mode="floor")
+    if n_src % n_dst == 0:
+        return torch.arange(n_dst, dtype=torch.long) * (n_src // n_dst)
+    return torch.round(torch.linspace(0, n_src - 1, n_dst, dtype=torch.float32)).long()
 
 
 def uniform_select(src: Tensor, shape: Sequence[int]) -> Tensor:
-    """``src`` reduced to ``shape`` by taking evenly spaced indices along every dimension.
+    """``src`` reduced to ``shape`` by :func:`selection_indices` along every dimension.
 
     Same shape → an identical copy. ``len(shape)`` must equal ``src.ndim`` and no target size may
     exceed the source size (:class:`ConfigError`). Returns a new tensor (never a view of ``src``).
@@ -251,10 +268,11 @@ def _convert_transformers(state: Mapping[str, Tensor]) -> _Converted:
 class InitReport:
     """What :func:`init_encoder_from_dinov2` did.
 
-    ``block_map[i]`` is the checkpoint block that initialised encoder block ``i``; ``loaded`` the
-    encoder keys written; ``not_initialised`` the encoder keys left as they were; ``skipped`` the
-    checkpoint keys not used (unmapped tensors and unselected blocks); ``shape_changes`` maps an
-    encoder key to (checkpoint shape, encoder shape) where uniform selection changed the shape.
+    ``block_map[i]`` is the checkpoint block that initialised encoder block ``i`` (always ``i``);
+    ``loaded`` the encoder keys written; ``not_initialised`` the encoder keys left as they were (the
+    stem, the pre-quantisation head, anything outside ``cls_token`` and the blocks); ``skipped`` the
+    checkpoint keys not used; ``shape_changes`` maps an encoder key to (checkpoint shape, encoder
+    shape) where element selection changed the shape.
     """
 
     source: str
@@ -264,37 +282,33 @@ class InitReport:
     skipped: tuple[str, ...]
     shape_changes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]
 
+    def summary(self) -> str:
+        """One line for the log: what was selected and what was left out."""
+        blocks = len(self.block_map)
+        groups = sorted({k.split(".", 1)[0] for k in self.not_initialised})
+        example = next(iter(self.shape_changes.items()), None)
+        shrunk = (
+            f"{len(self.shape_changes)} shrunk by element selection (e.g. {example[0]} "
+            f"{tuple(example[1][0])} -> {tuple(example[1][1])})" if example else "none shrunk (same widths)"
+        )
+        unused = ", ".join(self.skipped[:3]) + (", ..." if len(self.skipped) > 3 else "")
+        return (
+            f"DINOv2 encoder init ({self.source}): cls_token and blocks 0..{blocks - 1} from checkpoint "
+            f"blocks 0..{blocks - 1}: {len(self.loaded)} tensors loaded, {shrunk}; left as built: "
+            f"{len(self.not_initialised)} tensors ({', '.join(groups) or 'none'}); checkpoint tensors "
+            f"unused: {len(self.skipped)} ({unused or 'none'})"
+        )
 
-def _select_for(key: str, src: Tensor, dst_shape: tuple[int, ...]) -> Tensor:
-    try:
-        if key.endswith(("attn.qkv.weight", "attn.qkv.bias")):
-            if src.shape[0] % 3 or dst_shape[0] % 3 or src.ndim != len(dst_shape):
-                raise ConfigError(f"qkv shapes {tuple(src.shape)} -> {dst_shape} are not three stacked chunks")
-            # (3·D, ...) -> (3, D, ...): reduce q, k, v separately with the same indices
-            chunks = src.reshape(3, src.shape[0] // 3, *src.shape[1:])
-            picked = uniform_select(chunks, (3, dst_shape[0] // 3, *dst_shape[1:]))
-            return picked.reshape(dst_shape)
-        return uniform_select(src, dst_shape)
-    except ConfigError as exc:
-        raise ConfigError(f"DINOv2 init of {key}: {exc}") from None
 
+def init_encoder_from_dinov2(encoder: nn.Module, state_dict: Mapping[str, Tensor], *, source: str) -> InitReport:
+    """Initialise ``encoder``'s ``cls_token`` and transformer blocks from a DINOv2 state dict by
+    element selection (module docstring); every other encoder tensor is left alone.
 
-def init_encoder_from_dinov2(
-    encoder: nn.Module,
-    state_dict: Mapping[str, Tensor],
-    *,
-    source: str,
-    include_cls_token: bool = True,
-    include_norm: bool = True,
-) -> InitReport:
-    """Initialise ``encoder``'s transformer blocks (and optionally ``cls_token`` and the final
-    ``norm``) from a DINOv2 state dict by uniform element selection (module docstring).
-
-    ``encoder`` names its parameters like timm's ``VisionTransformer``: ``blocks.{i}.<BLOCK_KEYS>``,
-    ``cls_token`` (1, 1, D), ``norm.{weight,bias}``. Encoder keys the checkpoint has nothing for are
-    left alone and listed in ``not_initialised``; a block tensor the encoder has but the checkpoint
-    lacks (e.g. a SwiGLU DINOv2-g checkpoint has no ``mlp.fc1``) is a :class:`WeightsError`.
-    Load the file with :func:`load_state_dict_file`.
+    ``encoder`` names its ViT parameters like timm's ``VisionTransformer``: ``cls_token`` (1, 1, D)
+    and ``blocks.{i}.<BLOCK_KEYS>`` (MergeVQ's ``MergingEncoder`` does). A block tensor the encoder
+    has but the checkpoint lacks (e.g. a SwiGLU DINOv2-g checkpoint has no ``mlp.fc1``) is a
+    :class:`WeightsError`; a wider or deeper encoder than the checkpoint a :class:`ConfigError`.
+    Load the file with :func:`load_state_dict_file`, or use :func:`init_encoder_from_file`.
     """
     if source == "timm":
         converted = _convert_timm(state_dict)
@@ -316,7 +330,7 @@ def init_encoder_from_dinov2(
         raise ConfigError(f"encoder blocks are not numbered 0..n-1: {enc_blocks[:6]}")
     if n_enc > n_src:
         raise ConfigError(f"the encoder has {n_enc} blocks but the DINOv2 checkpoint only {n_src}")
-    block_map = tuple(int(j) for j in selection_indices(n_src, n_enc)) if n_enc else ()
+    block_map = tuple(range(n_enc))  # same index, as the authors match keys by name
 
     new: dict[str, Tensor] = {}
     used: set[str] = set()
@@ -330,17 +344,17 @@ def init_encoder_from_dinov2(
             if src is None:
                 raise WeightsError(f"the DINOv2 checkpoint has no {name} for block {j} (needed for encoder {key})")
             origin = converted.origin[(j, name)]
-        elif (key == "cls_token" and include_cls_token) or (key in ("norm.weight", "norm.bias") and include_norm):
-            src = converted.top.get(key)
-            if src is None:
-                not_initialised.append(key)
-                continue
-            origin = converted.origin[(-1, key)]
+        elif key == "cls_token" and "cls_token" in converted.top:
+            src, origin = converted.top["cls_token"], converted.origin[(-1, "cls_token")]
         else:
             not_initialised.append(key)
             continue
         dst_shape = tuple(dst.shape)
-        new[key] = _select_for(key, src, dst_shape).to(dtype=dst.dtype)
+        try:
+            picked = uniform_select(src, dst_shape)
+        except ConfigError as exc:
+            raise ConfigError(f"DINOv2 init of {key}: {exc}") from None
+        new[key] = picked.to(dtype=dst.dtype)
         used.update(origin)
         if tuple(src.shape) != dst_shape:
             shape_changes[key] = (tuple(src.shape), dst_shape)
@@ -358,11 +372,85 @@ def init_encoder_from_dinov2(
     )
 
 
+# --------------------------------------------------------------------------------------------------
+# from the training config
+
+
+@dataclass(frozen=True)
+class EncoderInit:
+    """``model.params.encoder_init`` of a Stage 1 config: where the DINOv2 weights are.
+
+    ``source``: ``"transformers"`` (a local ``Dinov2Model`` folder such as the teacher's
+    ``facebook/dinov2-base``, or its weights file) or ``"timm"`` (a timm / Meta DINOv2 weights file).
+    ``path``: that folder or file on this machine.
+    """
+
+    source: str
+    path: str | None
+
+    def __post_init__(self) -> None:
+        if self.source not in INIT_SOURCES:
+            raise ConfigError(
+                f"model.params.encoder_init.source must be one of {', '.join(INIT_SOURCES)}, got {self.source!r}"
+            )
+        if self.path is None:  # the G/GR files read the teacher's path, which is gone with teacher: null
+            raise ConfigError(
+                "model.params.encoder_init.path is null (the G and GR configs take it from "
+                "model.params.teacher.params.path, and the teacher is null): set "
+                "model.params.encoder_init.path=/path/to/dinov2-base, or model.params.encoder_init=null "
+                "to train the ViT from scratch"
+            )
+        if not isinstance(self.path, (str, os.PathLike)) or not str(self.path):
+            raise ConfigError(f"model.params.encoder_init.path must be a non-empty path, got {self.path!r}")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any] | EncoderInit) -> EncoderInit:
+        """From the config mapping ``{source, path}``; a missing or unknown key is a ConfigError."""
+        if isinstance(data, cls):
+            return data
+        if not isinstance(data, Mapping):
+            raise ConfigError(
+                f"model.params.encoder_init must be null or a mapping {{source, path}}, got {type(data).__name__}"
+            )
+        names = ("source", "path")
+        unknown, missing = sorted(set(data) - set(names)), [n for n in names if n not in data]
+        if unknown or missing:
+            raise ConfigError(
+                f"model.params.encoder_init: unknown key(s) {', '.join(unknown) or '-'}, missing "
+                f"key(s) {', '.join(missing) or '-'}; it takes exactly source and path"
+            )
+        path = data["path"]
+        return cls(source=data["source"], path=path if path is None else str(path))
+
+
+def _init_weights_missing(path: Path) -> WeightsError:
+    return WeightsError(
+        f"DINOv2 weights for the encoder init not found: {path} (download facebook/dinov2-base, or "
+        f"facebook/dinov2-small for the d32 variants, once and point model.params.encoder_init.path at "
+        f"the folder, or set model.params.encoder_init=null to train the ViT from scratch; nothing is "
+        f"downloaded at run time)"
+    )
+
+
+def init_encoder_from_file(encoder: nn.Module, init: EncoderInit) -> InitReport:
+    """:func:`init_encoder_from_dinov2` with the weights read from ``init.path`` (a transformers
+    folder or a weights file, see :func:`load_state_dict_file`). A path that does not exist, or a
+    folder without weights, is a one-line :class:`WeightsError` naming it."""
+    path = Path(init.path).expanduser()
+    if not path.exists():
+        raise _init_weights_missing(path)
+    if path.is_dir() and not any((path / n).is_file() for n in ("model.safetensors", "pytorch_model.bin")):
+        raise _init_weights_missing(path / "model.safetensors")
+    return init_encoder_from_dinov2(encoder, load_state_dict_file(path), source=init.source)
+
+
 __all__ = [
     "BLOCK_KEYS",
     "INIT_SOURCES",
+    "EncoderInit",
     "InitReport",
     "init_encoder_from_dinov2",
+    "init_encoder_from_file",
     "load_state_dict_file",
     "selection_indices",
     "uniform_select",

@@ -43,11 +43,13 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from mergevq.errors import ConfigError, TrainingError
 from mergevq.metrics.recon import psnr_per_image
 from mergevq.tokenizer.alignment import Teacher
+from mergevq.tokenizer.init import EncoderInit, init_encoder_from_file
 from mergevq.tokenizer.merge import KSampler
 from mergevq.tokenizer.model import MergeVQ, MergeVQConfig, MergeVQOutput
 from mergevq.tokenizer.recovery import assignment_accuracy
@@ -110,7 +112,14 @@ class TokenizerModule(pl.LightningModule):
         loss_weights: weights of the terms (:class:`LossWeights`); missing keys keep the defaults.
         disc_start_step: first training step with the GAN term and discriminator updates.
         align_temperature: T of the alignment KL.
-        k_sigma: width of the K sampler's Gaussian weights (candidate-index units).
+        k_std, k_floor: the K sampler's weights over the candidate positions i,
+            exp(−(i − i_nominal)² / (2·k_std²)) + k_floor, normalised (the authors' 0.5 and 0.05:
+            :class:`~mergevq.tokenizer.merge.KSampler`).
+        encoder_init: ``{source, path}`` of a local DINOv2 checkpoint, or None (the ViT starts from
+            its random initialisation). When set, the encoder's ``cls_token`` and blocks are
+            initialised from it by element selection (:mod:`mergevq.tokenizer.init`) once, when the
+            module is built; a resumed run then loads its checkpoint over them. A missing path is a
+            one-line :class:`~mergevq.errors.WeightsError`.
         lr, disc_lr, betas, weight_decay: Adam for the generator and the discriminator.
         lr_drop_epochs, lr_drop_factor: both learning rates are multiplied by the factor at the end of
             each listed epoch count (epochs are 0-based: ``[200]`` drops after 200 epochs).
@@ -133,7 +142,9 @@ class TokenizerModule(pl.LightningModule):
         loss_weights: Mapping[str, float] | None = None,
         disc_start_step: int = 0,
         align_temperature: float = 4.0,
-        k_sigma: float = 0.8,
+        k_std: float = 0.5,
+        k_floor: float = 0.05,
+        encoder_init: Mapping[str, Any] | None = None,
         lr: float = 1.0e-4,
         disc_lr: float = 1.0e-4,
         betas: Sequence[float] = (0.5, 0.9),
@@ -161,6 +172,8 @@ class TokenizerModule(pl.LightningModule):
             )
         _check_number("disc_start_step", disc_start_step, low=0, integer=True)
         _check_number("align_temperature", align_temperature, low=0, inclusive=False)
+        _check_number("k_std", k_std, low=0, inclusive=False)
+        _check_number("k_floor", k_floor, low=0)
         _check_number("lr", lr, low=0, inclusive=False)
         _check_number("disc_lr", disc_lr, low=0, inclusive=False)
         _check_number("weight_decay", weight_decay, low=0)
@@ -181,6 +194,7 @@ class TokenizerModule(pl.LightningModule):
 
         self.weights = LossWeights.from_mapping(loss_weights)
         perceptual_settings = PerceptualSettings.from_mapping(perceptual)
+        init_settings = None if encoder_init is None else EncoderInit.from_mapping(encoder_init)
         if teacher is not None and tokenizer.cls_dim != teacher.dim:
             raise ConfigError(
                 f"the teacher's feature width is {teacher.dim} but the tokenizer's [CLS] head gives "
@@ -190,6 +204,9 @@ class TokenizerModule(pl.LightningModule):
             raise ConfigError("model.params.teacher is set but the tokenizer has no [CLS] head (cls_dim=0)")
 
         self.tokenizer = MergeVQ(config=tokenizer)
+        if init_settings is not None:
+            report = init_encoder_from_file(self.tokenizer.encoder, init_settings)
+            rank_zero_info(f"{report.summary()} [{init_settings.path}]")
         self.discriminator = discriminator
         self.lecam = LeCAMRegularizer()
         self.teacher = teacher
@@ -201,7 +218,10 @@ class TokenizerModule(pl.LightningModule):
                 random_init=perceptual_settings.random_init,
             )
         )
-        self.sampler = KSampler(candidates=tokenizer.k_candidates, nominal=tokenizer.num_keep, sigma=k_sigma, seed=seed)
+        self.sampler = KSampler(
+            candidates=tokenizer.k_candidates, nominal=tokenizer.num_keep, std=float(k_std), floor=float(k_floor),
+            seed=seed,
+        )
         self.disc_start_step = disc_start_step
         self.align_temperature = float(align_temperature)
         self.lr, self.disc_lr, self.betas, self.weight_decay = float(lr), float(disc_lr), betas, float(weight_decay)
