@@ -7,7 +7,7 @@ import pytest
 
 from mergevq.cli import build_parser, main
 
-SUBCOMMANDS = ["train", "export", "evaluate-tokenizer", "reconstruct", "extract-codes", "sample",
+SUBCOMMANDS = ["train", "export", "convert-official", "evaluate-tokenizer", "reconstruct", "extract-codes", "sample",
                "evaluate-generation", "linear-probe", "prepare-weights", "demo"]
 
 

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from mergevq.cli import (
+    convert_official,
     demo,
     evaluate_generation,
     evaluate_tokenizer,
@@ -31,6 +32,7 @@ from mergevq.version import __version__
 _COMMANDS = (
     train,
     export,
+    convert_official,
     evaluate_tokenizer,
     reconstruct,
     extract_codes,
