@@ -51,3 +51,13 @@ def cache_dir(tmp_path_factory):
 def private_cache(cache_dir, monkeypatch):
     monkeypatch.setenv("MERGEVQ_CACHE", str(cache_dir))
     return cache_dir
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: one intra-op thread is faster, and far faster when other jobs share the CPU
+    cores. Test modules of tiny models opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -20,13 +20,7 @@ from mergevq.tokenizer.encoder import (
 from mergevq.tokenizer.merge import K_CANDIDATES, plan_merges, reachable_counts
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster, and far faster when other jobs share the CPU cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _encoder(*, patch_size=8, image=64, depth=12, drop_path=0.0):

@@ -13,13 +13,7 @@ from mergevq.tokenizer.model import PAPER_PARAMS, PRESETS, MergeVQ, preset
 TINY = ("tiny-G", "tiny-GR", "tiny-R")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster, and far faster when other jobs share the CPU cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

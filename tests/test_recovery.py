@@ -6,6 +6,8 @@ import torch.nn.functional as F
 
 from mergevq.tokenizer.recovery import LearnedRecovery, assignment_accuracy, unmerge
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def random_canonical_assign(num_positions: int, num_keep: int, generator: torch.Generator) -> torch.Tensor:
     """A random valid assignment (L,) with values in [0, K), every value used, canonically numbered.
@@ -85,14 +87,6 @@ def test_learned_recovery_handles_any_k():
     with pytest.raises(ValueError):
         model(torch.randn(2, 4, 12))
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """A tiny model: one intra-op thread is faster, and far faster when other jobs share the CPU cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("query_self_attention", [False, True])

@@ -1,8 +1,8 @@
 """Features of a frozen MergeVQ encoder for the linear probe (DESIGN §6 "Representation").
 
 The encoder keeps K = ``num_keep`` tokens (checked with ``MergeVQ.check_num_keep``) and the feature
-of an image is either its final-norm [CLS] token (``"cls"``) or the plain mean of its K kept tokens
-(``"mean"``), both of the ViT width D. Only the encoder runs: no quantiser, recovery or decoder.
+of an image is either its last block's [CLS] token (``"cls"``; the encoder has no final norm) or the
+plain mean of its K kept tokens (``"mean"``), both of the ViT width D. Only the encoder runs: no quantiser, recovery or decoder.
 
 :class:`ProbeEncoder` holds the tokenizer outside the parameters and state dict of whatever module
 owns it (``taming.modules.frozen.FrozenHolder``): frozen, always in eval mode, never in a checkpoint
