@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import mergevq  # noqa: F401 - installs the torchvision shim before transformers/timm import it
+from _dinov2 import hf_layer_tensors
 from mergevq.errors import ConfigError, WeightsError
 from mergevq.tokenizer.init import (
     EncoderInit,
@@ -112,26 +113,10 @@ def hf_model():
     return model
 
 
-def _hf_tensors(model, layer: int) -> dict:
-    """One transformers layer's tensors in timm roles (independent of the implementation's tables)."""
-    att = model.encoder.layer[layer]
-    a = att.attention
-    return {
-        "norm1.weight": att.norm1.weight, "norm1.bias": att.norm1.bias,
-        "attn.qkv.weight": torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
-        "attn.qkv.bias": torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]),
-        "attn.proj.weight": a.o_proj.weight, "attn.proj.bias": a.o_proj.bias,
-        "ls1.gamma": att.layer_scale1.lambda1, "ls2.gamma": att.layer_scale2.lambda1,
-        "norm2.weight": att.norm2.weight, "norm2.bias": att.norm2.bias,
-        "mlp.fc1.weight": att.mlp.fc1.weight, "mlp.fc1.bias": att.mlp.fc1.bias,
-        "mlp.fc2.weight": att.mlp.fc2.weight, "mlp.fc2.bias": att.mlp.fc2.bias,
-    }
-
-
 def _check_selected(encoder, model):
     """Encoder block i = checkpoint block i with every tensor (qkv as one tensor) reduced by the rule."""
     for i, blk in enumerate(encoder.blocks):
-        for name, src in _hf_tensors(model, i).items():
+        for name, src in hf_layer_tensors(model, i).items():
             dst = blk.get_parameter(name)
             torch.testing.assert_close(dst, select(src.detach(), dst.shape), rtol=0, atol=0, msg=name)
     cls = model.embeddings.cls_token.detach()

@@ -19,12 +19,22 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 import mergevq  # noqa: F401 - installs the torchvision shim before transformers/timm import it
+from _dinov2 import hf_layer_tensors
 from mergevq import config as C
 from mergevq.errors import ConfigError, WeightsError
 from mergevq.tokenizer.merge import K_CANDIDATES, K_NOMINAL, KSampler
 from taming.modules.losses.gan import non_saturating_g_loss
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# a tiny tokenizer recipe without a teacher (the overrides every config test applies)
+TINY_NO_TEACHER = [
+    "model.params.tokenizer.params.preset=tiny-GR",
+    "model.params.discriminator.params.ndf=8",
+    "model.params.discriminator.params.n_layers=2",
+    "model.params.perceptual.net=alex",
+    "model.params.perceptual.random_init=true",
+    "model.params.teacher=null",
+]
 
 # --------------------------------------------------------------------------------------------------
 # K sampler: the authors' weights
@@ -158,18 +168,7 @@ def test_encoder_init_through_the_config(dinov2_folder, caplog):
 
     # block i <- DINOv2 layer i, every tensor by the authors' rule (q, k, v stacked as timm's qkv)
     for i, block in enumerate(encoder.blocks):
-        layer = dinov2.encoder.layer[i]
-        att = layer.attention
-        source = {
-            "norm1.weight": layer.norm1.weight, "norm1.bias": layer.norm1.bias,
-            "attn.qkv.weight": torch.cat([att.q_proj.weight, att.k_proj.weight, att.v_proj.weight]),
-            "attn.qkv.bias": torch.cat([att.q_proj.bias, att.k_proj.bias, att.v_proj.bias]),
-            "attn.proj.weight": att.o_proj.weight, "attn.proj.bias": att.o_proj.bias,
-            "ls1.gamma": layer.layer_scale1.lambda1, "ls2.gamma": layer.layer_scale2.lambda1,
-            "norm2.weight": layer.norm2.weight, "norm2.bias": layer.norm2.bias,
-            "mlp.fc1.weight": layer.mlp.fc1.weight, "mlp.fc1.bias": layer.mlp.fc1.bias,
-            "mlp.fc2.weight": layer.mlp.fc2.weight, "mlp.fc2.bias": layer.mlp.fc2.bias,
-        }
+        source = hf_layer_tensors(dinov2, i)
         assert {n for n, _ in block.named_parameters()} == set(source)
         for name, src in source.items():
             dst = block.get_parameter(name)
@@ -193,15 +192,7 @@ def test_encoder_init_through_the_config(dinov2_folder, caplog):
 @pytest.mark.parametrize("variant", ["G_d32", "GR_d64"])
 def test_missing_init_weights_are_one_line(tmp_path, variant):
     absent = tmp_path / "dinov2-small"
-    overrides = [
-        "model.params.tokenizer.params.preset=tiny-GR",
-        "model.params.discriminator.params.ndf=8",
-        "model.params.discriminator.params.n_layers=2",
-        "model.params.perceptual.net=alex",
-        "model.params.perceptual.random_init=true",
-        "model.params.teacher=null",
-        f"model.params.encoder_init.path={absent}",
-    ]
+    overrides = [*TINY_NO_TEACHER, f"model.params.encoder_init.path={absent}"]
     loaded = C.load_with_origins(CONFIGS / "tokenizer" / f"{variant}.yaml", overrides)
     with pytest.raises(WeightsError) as info:
         loaded.instantiate("model")
@@ -213,14 +204,7 @@ def test_missing_init_weights_are_one_line(tmp_path, variant):
 
 def test_teacher_off_needs_its_own_init_path():
     """G and GR read the init path from the teacher's; with teacher: null the error says what to set."""
-    overrides = [
-        "model.params.tokenizer.params.preset=tiny-GR",
-        "model.params.discriminator.params.ndf=8",
-        "model.params.discriminator.params.n_layers=2",
-        "model.params.perceptual.net=alex",
-        "model.params.perceptual.random_init=true",
-        "model.params.teacher=null",
-    ]
+    overrides = TINY_NO_TEACHER
     loaded = C.load_with_origins(CONFIGS / "tokenizer" / "GR_d64.yaml", overrides)
     with pytest.raises(ConfigError) as info:
         loaded.instantiate("model")
