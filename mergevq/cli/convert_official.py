@@ -41,28 +41,6 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
-def read_checkpoint(path: str):
-    """The checkpoint's top-level mapping (torch files weights-only, or a safetensors state dict)."""
-    from pathlib import Path
-
-    from mergevq.errors import WeightsError
-    from mergevq.fileio import torch_load
-
-    if not Path(path).is_file():
-        raise WeightsError(f"checkpoint not found: {path}")
-    if str(path).endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(path)
-        except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for corrupt files
-            raise WeightsError(f"{path} is not a readable safetensors file ({str(err).splitlines()[0]})") from None
-    state = torch_load(path, what="checkpoint", error=WeightsError)
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path} holds a {type(state).__name__}, not a checkpoint dict or state dict")
-    return state
-
-
 def read_official_config(path: str):
     """The :class:`MergeVQConfig` of an authors' YAML or JSON config file (see the module docstring)."""
     import json
@@ -92,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from mergevq.outputs import plan_output_dir
+    from mergevq.tokenizer.init import load_state_dict_file
     from mergevq.tokenizer.model import CONFIG_FILE, WEIGHTS_FILE, MergeVQ
     from mergevq.tokenizer.official import convert_state_dict, resolve_config
 
@@ -100,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
                 "weights": args.weights}
     plan = plan_output_dir(args.out, command=COMMAND, settings=settings, patterns=[CONFIG_FILE, WEIGHTS_FILE],
                            resumable=False)  # refuse a foreign folder before the slow read
-    converted = convert_state_dict(read_checkpoint(args.checkpoint), config, weights=args.weights)
+    converted = convert_state_dict(load_state_dict_file(args.checkpoint), config, weights=args.weights)
     with torch.device("meta"):  # no initialisation: every saved tensor comes from the checkpoint
         model = MergeVQ(config=config)
     model.load_state_dict(converted.state_dict, strict=True, assign=True)

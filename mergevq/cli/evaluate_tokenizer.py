@@ -17,8 +17,8 @@ eval.protocol: ``ours`` (default): per-image PSNR / SSIM on the float reconstruc
 torch-fidelity on uint8-rounded images. ``official``: in addition, PSNR / SSIM / rFID computed the way
 the authors' evaluation script does (mergevq/metrics/official_protocol.py: batch PSNR over
 eval.official_batch_size images on truncated 8-bit images, rFID on float images resized like
-pytorch-fid) as ``psnr_official`` / ``ssim_official`` / ``rfid_official``; our rFID is then not
-computed (one Inception pass) and the tokenizer runs twice per image and K.
+pytorch-fid) as ``psnr_official`` / ``ssim_official`` / ``rfid_official``, from the same
+reconstructions in the same pass; our rFID is then not computed (one Inception pass).
 
 Writes ``tokenizer_eval.json`` (every number, the settings, the tokenizer source) and
 ``tokenizer_eval.md`` (one row per K) into --out (default: ``eval_tokenizer/`` next to the
@@ -36,8 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EvalSetup", "add_parser", "check_eval_protocol", "default_out_dir", "merge_official", "prepare_eval", "run",
-           "run_settings"]
+__all__ = ["EvalSetup", "add_parser", "check_eval_protocol", "default_out_dir", "prepare_eval", "run", "run_settings"]
 
 CONFIGS = {"imagenet": "evaluation/tokenizer", "folder": "evaluation/tokenizer_folder",
            "demo": "evaluation/tokenizer_demo"}
@@ -156,35 +155,12 @@ def check_eval_protocol(settings: dict) -> None:
     """``eval.protocol`` (ours | official) and, for official, ``eval.official_batch_size``: one-line
     ConfigErrors before any model or image is loaded."""
     from mergevq.metrics.official_protocol import (
-        OFFICIAL_BATCH_SIZE,
         check_official_batch_size,
         check_protocol,
     )
 
-    settings.setdefault("protocol", "ours")  # configs written before the key existed
-    settings.setdefault("official_batch_size", OFFICIAL_BATCH_SIZE)
     if check_protocol(settings["protocol"]) == "official":
         check_official_batch_size(settings["official_batch_size"])
-
-
-def _reconstruct_fn(model):
-    """``(x, K) -> reconstruction``: the exact-assignment decode the evaluation pass scores."""
-
-    def reconstruct(x, k):
-        enc = model.encode(x, k)
-        return model.decode_codes(enc.codes, enc.assign)
-
-    return reconstruct
-
-
-def merge_official(result: dict, official: dict) -> dict:
-    """Adds ``psnr_official`` / ``ssim_official`` / ``rfid_official`` to each K of ``result["by_k"]``."""
-    extra = {m["num_keep"]: m for m in official["by_k"]}
-    for m in result["by_k"]:
-        o = extra[m["num_keep"]]
-        m.update(psnr_official=o["psnr_official"], ssim_official=o["ssim_official"],
-                 rfid_official=o["rfid_official"])
-    return result
 
 
 def run(args: argparse.Namespace) -> int:
@@ -194,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     from mergevq.metrics.fid import InceptionFeatures
     from mergevq.metrics.official_protocol import (
         OfficialInceptionFeatures,
-        evaluate_official,
+        OfficialProtocol,
     )
     from mergevq.outputs import plan_output_dir
     from mergevq.pretrained import load_lpips
@@ -210,40 +186,32 @@ def run(args: argparse.Namespace) -> int:
         # protocol official: rFID only the authors' way (float images, pytorch-fid's resize), one Inception pass
         inception = (InceptionFeatures.load(path=settings["inception_weights"]).to(setup.device)
                      if settings["rfid"] and not official else None)
-        official_inception = (OfficialInceptionFeatures.load(path=settings["inception_weights"]).to(setup.device)
-                              if settings["rfid"] and official else None)
+        official_protocol = None
+        if official:
+            official_protocol = OfficialProtocol(
+                batch_size=settings["official_batch_size"],
+                inception=(OfficialInceptionFeatures.load(path=settings["inception_weights"]).to(setup.device)
+                           if settings["rfid"] else None),
+            )
         lpips = (load_lpips(str(settings["lpips_net"]), path=settings["lpips_weights"]).to(setup.device)
                  if settings["lpips"] else None)
         result = evaluate_tokenizer(
             setup.model, setup.dataset, num_keep=setup.num_keep, inception=inception, lpips=lpips,
             batch_size=settings["batch_size"], device=setup.device, context=setup.context,
-            autocast_dtype=setup.autocast_dtype, num_workers=settings["num_workers"],
+            autocast_dtype=setup.autocast_dtype, num_workers=settings["num_workers"], official=official_protocol,
         )
-        official_result = None
-        if official:
-            official_result = evaluate_official(
-                _reconstruct_fn(setup.model), setup.dataset, num_keep=setup.num_keep, inception=official_inception,
-                loader_batch_size=settings["batch_size"], batch_size=settings["official_batch_size"],
-                device=setup.device, context=setup.context, autocast_dtype=setup.autocast_dtype,
-                num_workers=settings["num_workers"],
-            )
         if setup.context.is_main:
             plan.apply()
-            result_dict = result.to_dict()
-            if official_result is not None:
-                result_dict = merge_official(result_dict, official_result.to_dict())
             report = {"tokenizer": str(Path(args.tokenizer).expanduser().resolve()), "raw": bool(args.raw),
                       "config_files": list(setup.config_files), "eval": settings, "data": setup.data_node,
-                      "result": result_dict}
-            if official_result is not None:
-                report["official"] = official_result.to_dict()
+                      "result": result.to_dict()}
             with atomic_write(out / JSON_FILE, text=True) as handle:
                 json.dump(report, handle, indent=2)
             table = result.markdown_table()
-            if official_result is not None:
+            if result.official_batch_size is not None:
                 table += ("\n\nThe authors' protocol (eval.protocol=official: batch PSNR over "
-                          f"{official_result.batch_size} images, rFID on float images):\n\n"
-                          + official_result.markdown_table())
+                          f"{result.official_batch_size} images, rFID on float images):\n\n"
+                          + result.official_table())
             with atomic_write(out / TABLE_FILE, text=True) as handle:
                 handle.write(table + "\n")
             print(table)

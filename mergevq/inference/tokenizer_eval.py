@@ -40,7 +40,7 @@ import contextlib
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
@@ -50,6 +50,11 @@ from mergevq.distributed import DistContext, all_reduce_sum, gather_rows, shard
 from mergevq.errors import ConfigError
 from mergevq.metrics.codebook import CodeUsage
 from mergevq.metrics.fid import InceptionFeatures, feature_stats, fid_from_stats
+from mergevq.metrics.official_protocol import (
+    OfficialProtocol,
+    frechet_distance,
+    official_feature_stats,
+)
 from mergevq.metrics.recon import lpips_per_image, psnr_per_image, ssim_per_image
 from mergevq.tokenizer.model import MergeVQ
 from taming.data.base import collate_skip_none
@@ -97,6 +102,11 @@ class KMetrics:
     mean_merge_groups: float  # distinct assign values per image (= K)
     seconds: float  # mean over ranks of this K's time
     images_per_s: float  # all ranks together
+    # eval.protocol official (None otherwise): the authors' batch PSNR / SSIM on truncated 8-bit images
+    # and rFID on float images (mergevq/metrics/official_protocol.py)
+    psnr_official: float | None = None
+    ssim_official: float | None = None
+    rfid_official: float | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +123,7 @@ class TokenizerEvaluation:
     reference_seconds: float  # Inception features of the originals (mean over ranks; 0 without)
     total_seconds: float  # wall time of the whole pass on rank 0, data loading included
     sweep_images_per_s: float  # num_images x len(by_k) / total_seconds
+    official_batch_size: int | None = None  # images per PSNR / SSIM group of the official protocol
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -132,6 +143,16 @@ class TokenizerEvaluation:
                 f"{m.ssim:.4f}", _fmt(m.lpips, ".4f"), _fmt(m.psnr_learned_recovery, ".2f"),
                 f"{100 * m.codebook_usage:.3f}%", f"{m.code_entropy_bits:.2f}", f"{m.images_per_s:.1f}",
             ]) + " |")
+        return "\n".join(rows)
+
+    def official_table(self) -> str:
+        """The official protocol's numbers, one row per K ("" when it was not computed)."""
+        if self.official_batch_size is None:
+            return ""
+        rows = ["| K | rFID (official) | PSNR (official, dB) | SSIM (official) |", "|---:|---:|---:|---:|"]
+        for m in self.by_k:
+            rows.append(f"| {m.num_keep} | {_fmt(m.rfid_official, '.3f')} | {m.psnr_official:.2f} | "
+                        f"{m.ssim_official:.4f} |")
         return "\n".join(rows)
 
 
@@ -210,6 +231,8 @@ class _KAccumulator:
     features: list[torch.Tensor]
     usage: CodeUsage
     seconds: float = 0.0
+    official_rows: list[torch.Tensor] = field(default_factory=list)  # (b, 2): 8-bit MSE, SSIM
+    official_features: list[torch.Tensor] = field(default_factory=list)
 
 
 @torch.no_grad()
@@ -225,6 +248,7 @@ def evaluate_tokenizer(
     context: DistContext = SINGLE_PROCESS,
     autocast_dtype: torch.dtype | None = None,
     num_workers: int = 0,
+    official: OfficialProtocol | None = None,
 ) -> TokenizerEvaluation:
     """Evaluate ``model`` on ``dataset`` (items ``{"image": (3, H, W) in [-1, 1], ...}``; unreadable
     items skipped and counted) at every K of ``num_keep``; see the module docstring.
@@ -233,7 +257,8 @@ def evaluate_tokenizer(
     ``inception`` and ``lpips`` must already be on ``device``. ``autocast_dtype`` (bf16 / fp16):
     the tokenizer runs under autocast; every metric is computed in float32. Under torch.distributed,
     ``context`` says which shard this rank evaluates; every rank must call this with the same
-    arguments."""
+    arguments. ``official``: also the authors' PSNR / SSIM / rFID (``eval.protocol: official``), from
+    the same reconstructions."""
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     ks = check_num_keep_list(model, num_keep)
@@ -245,6 +270,8 @@ def evaluate_tokenizer(
     learned = model.recovery is not None
     acc = {k: _KAccumulator(rows=[], features=[], usage=CodeUsage(num_codes=codebook, device=device)) for k in ks}
     reference: list[torch.Tensor] = []
+    official_reference: list[torch.Tensor] = []
+    official_inception = official.inception if official is not None else None
     reference_seconds = 0.0
     skipped = 0
     size = (model.config.image_size, model.config.image_size)
@@ -266,12 +293,19 @@ def evaluate_tokenizer(
             reference.append(inception(x).float())  # (B, D): 2048 for pool3
             _synchronize(device)
             reference_seconds += time.perf_counter() - tick
+        if official_inception is not None:
+            official_reference.append(official_inception(x).float())
         for k in ks:
             tick = time.perf_counter()
             with autocast:
                 enc = model.encode(x, k)
                 rec = model.decode_codes(enc.codes, enc.assign)
                 rec_learned = model.decode(enc.indices) if learned else None
+            if official is not None:
+                scored = official.prepare(rec)
+                acc[k].official_rows.append(official.image_rows(scored, x))
+                if official_inception is not None:
+                    acc[k].official_features.append(official_inception(scored).float())
             rec = rec.float().clamp(-1, 1)
             nan = torch.full((x.shape[0],), math.nan, device=device)
             row = torch.stack([
@@ -298,7 +332,7 @@ def evaluate_tokenizer(
     num_images, num_skipped = int(counts[0]), int(counts[1])
     if num_images == 0:
         raise ConfigError(f"no readable image to evaluate ({num_skipped} skipped, {len(dataset)} in the data set)")
-    if inception is not None and num_images < 2:
+    if (inception is not None or official_inception is not None) and num_images < 2:
         raise ConfigError(f"rFID needs at least 2 images, the data set gave {num_images}")
     ref_stats = None
     width = _feature_width(reference, device) if inception is not None else 0
@@ -321,6 +355,7 @@ def evaluate_tokenizer(
     if inception is not None:
         all_reduce_sum(fids)  # rank 0's values, shared (the others add zeros)
     fids_list = fids.cpu().tolist()
+    official_values = _official_values(official, acc, ks, official_reference, device, context)
 
     by_k = []
     for i, k in enumerate(ks):
@@ -343,6 +378,7 @@ def evaluate_tokenizer(
             mean_merge_groups=float(rows[:, 5].mean()),
             seconds=seconds,
             images_per_s=num_images / max(seconds, 1e-9),
+            **official_values.get(k, {}),
         ))
     total = time.perf_counter() - start
     return TokenizerEvaluation(
@@ -350,7 +386,43 @@ def evaluate_tokenizer(
         code_bits=model.config.code_dim, resolution=size, world_size=world,
         reference_seconds=counts[2] / world, total_seconds=total,
         sweep_images_per_s=num_images * len(ks) / max(total, 1e-9),
+        official_batch_size=official.batch_size if official is not None else None,
     )
+
+
+def _official_values(official: OfficialProtocol | None, acc: dict[int, _KAccumulator], ks: list[int],
+                     reference: list[torch.Tensor], device: torch.device, context: DistContext) -> dict[int, dict]:
+    """{K: {psnr_official, ssim_official, rfid_official}} of the whole set ({} without ``official``).
+    Rows are gathered in data-set order (contiguous shards, rank order), so the PSNR / SSIM groups do
+    not depend on the loader batch or the number of processes. Collective calls: every rank."""
+    if official is None:
+        return {}
+    with_fid = official.inception is not None
+    ref_stats = None
+    width = _feature_width(reference, device) if with_fid else 0
+    if with_fid:
+        ref = gather_rows(_cat(reference, width, device))
+        if context.is_main:
+            ref_stats = official_feature_stats(ref)
+        del ref
+    fids = torch.zeros(len(ks), dtype=torch.float64, device=device)
+    values = {}
+    for i, k in enumerate(ks):
+        rows = acc[k].official_rows
+        gathered = gather_rows(torch.cat(rows) if rows else torch.zeros((0, 2), dtype=torch.float64, device=device))
+        psnr, ssim = official.summarize(gathered.cpu())
+        values[k] = {"psnr_official": psnr, "ssim_official": ssim, "rfid_official": None}
+        if with_fid:
+            feats = gather_rows(_cat(acc[k].official_features, width, device))
+            if context.is_main:
+                fids[i] = frechet_distance(*ref_stats, *official_feature_stats(feats))
+            del feats
+            acc[k].official_features.clear()
+    if with_fid:
+        all_reduce_sum(fids)  # rank 0's values, shared
+        for k, fid in zip(ks, fids.cpu().tolist(), strict=True):
+            values[k]["rfid_official"] = fid
+    return values
 
 
 def _feature_width(reference: list[torch.Tensor], device: torch.device) -> int:

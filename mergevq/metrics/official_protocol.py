@@ -41,13 +41,10 @@ like TF1 and normalises with ``(x - 128) / 128``).
 
 from __future__ import annotations
 
-import contextlib
-import math
 import os
-import time
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -59,14 +56,12 @@ from mergevq.errors import ConfigError
 __all__ = [
     "OFFICIAL_BATCH_SIZE",
     "PROTOCOLS",
-    "OfficialEvaluation",
     "OfficialInceptionFeatures",
-    "OfficialKMetrics",
+    "OfficialProtocol",
     "batch_mean",
     "batch_psnr",
     "check_official_batch_size",
     "check_protocol",
-    "evaluate_official",
     "frechet_distance",
     "mse_8bit_per_image",
     "official_feature_stats",
@@ -301,160 +296,33 @@ def official_fid_from_features(a: torch.Tensor | np.ndarray, b: torch.Tensor | n
 
 
 # ---------------------------------------------------------------------------------------------------
-# The evaluation pass
+# Inside the evaluation pass (mergevq.inference.tokenizer_eval.evaluate_tokenizer)
 
 
 @dataclass(frozen=True)
-class OfficialKMetrics:
-    """The authors' numbers of one K."""
+class OfficialProtocol:
+    """``eval.protocol: official`` for the evaluation pass: ``batch_size`` images per PSNR / SSIM
+    group (the authors' 25) and ``inception`` (the authors' input path) for rFID, None for none."""
 
-    num_keep: int
-    psnr_official: float  # dB: mean over batches of the batch PSNR (pooled MSE, truncated 8-bit images)
-    ssim_official: float  # mean over batches of the batch mean of scikit-image SSIM
-    rfid_official: float | None  # None: rFID switched off
-    seconds: float  # mean over ranks
+    batch_size: int = OFFICIAL_BATCH_SIZE
+    inception: OfficialInceptionFeatures | None = None
 
+    def __post_init__(self) -> None:
+        check_official_batch_size(self.batch_size)
 
-@dataclass(frozen=True)
-class OfficialEvaluation:
-    """What :func:`evaluate_official` returns (the same on every rank)."""
+    @staticmethod
+    def prepare(rec: torch.Tensor) -> torch.Tensor:
+        """A (B, 3, H, W) reconstruction as the authors score it: a non-finite image becomes white
+        (they whiten the whole batch), then clamped to [-1, 1]."""
+        rec = rec.float()
+        finite = torch.isfinite(rec).flatten(1).all(dim=1).view(-1, 1, 1, 1)
+        return torch.where(finite, rec, torch.ones_like(rec)).clamp(-1, 1)
 
-    by_k: tuple[OfficialKMetrics, ...]
-    num_images: int
-    num_skipped: int
-    batch_size: int  # images per PSNR / SSIM batch
-    num_batches: int
-    world_size: int
-    total_seconds: float
+    @staticmethod
+    def image_rows(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(B, 2) float64: per image, the 8-bit MSE and SSIM of a prepared reconstruction."""
+        return torch.stack([mse_8bit_per_image(rec, x), ssim_8bit_per_image(rec, x).double()], dim=1)
 
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out["by_k"] = [asdict(m) for m in self.by_k]
-        return out
-
-    def markdown_table(self) -> str:
-        header = "| K | rFID (official) | PSNR (official, dB) | SSIM (official) |"
-        rows = [header, "|---:|---:|---:|---:|"]
-        for m in self.by_k:
-            rfid = "-" if m.rfid_official is None else f"{m.rfid_official:.3f}"
-            rows.append(f"| {m.num_keep} | {rfid} | {m.psnr_official:.2f} | {m.ssim_official:.4f} |")
-        return "\n".join(rows)
-
-
-@torch.no_grad()
-def evaluate_official(
-    reconstruct: Callable[[torch.Tensor, int], torch.Tensor],
-    dataset,
-    *,
-    num_keep: Sequence[int],
-    inception: OfficialInceptionFeatures | None,
-    loader_batch_size: int,
-    batch_size: int = OFFICIAL_BATCH_SIZE,
-    device: torch.device,
-    context=None,
-    autocast_dtype: torch.dtype | None = None,
-    num_workers: int = 0,
-) -> OfficialEvaluation:
-    """The authors' PSNR, SSIM and rFID of ``reconstruct(x, k)`` (a (B, 3, H, W) reconstruction of the
-    [-1, 1] images ``x`` at kept-token count ``k``) over ``dataset`` (items ``{"image": (3, H, W)}``;
-    unreadable ones skipped) for every K of ``num_keep``.
-
-    ``loader_batch_size`` is only the forward-pass size: PSNR / SSIM are grouped afterwards into
-    consecutive batches of ``batch_size`` images in data-set order (the authors' 25), so the numbers do
-    not depend on it nor on the number of processes. ``inception`` None: no rFID. ``reconstruct``
-    runs under autocast when ``autocast_dtype`` is given; every metric is computed in float32 or
-    better. Under torch.distributed every rank takes its contiguous shard and must call this with the
-    same arguments; every rank returns the same result (the FIDs are computed on rank 0)."""
-    from torch.utils.data import DataLoader, Subset
-
-    from mergevq.distributed import DistContext, all_reduce_sum, gather_rows, shard
-    from taming.data.base import collate_skip_none
-
-    context = context if context is not None else DistContext(rank=0, world_size=1, local_rank=0)
-    check_official_batch_size(batch_size, "eval.official_batch_size")
-    ks = [int(k) for k in num_keep]
-    start = time.perf_counter()
-    part = shard(len(dataset), rank=context.rank, world_size=context.world_size)
-    loader = DataLoader(Subset(dataset, part), batch_size=loader_batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_skip_none, pin_memory=device.type == "cuda")
-    autocast = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None
-                else contextlib.nullcontext())
-    sq_errors = {k: [] for k in ks}  # per-image MSE, float64
-    ssims = {k: [] for k in ks}
-    features = {k: [] for k in ks}
-    reference: list[torch.Tensor] = []
-    seconds = dict.fromkeys(ks, 0.0)
-    skipped = 0
-    for batch in loader:
-        skipped += int(batch["num_skipped"])
-        if "image" not in batch:
-            continue
-        x = batch["image"].to(device, non_blocking=True).float()
-        if inception is not None:
-            reference.append(inception(x))
-        for k in ks:
-            tick = time.perf_counter()
-            with autocast:
-                rec = reconstruct(x, k)
-            rec = rec.float()
-            # the authors replace a non-finite reconstruction by a white one (per batch there, per image here)
-            finite = torch.isfinite(rec).flatten(1).all(dim=1).view(-1, 1, 1, 1)
-            rec = torch.where(finite, rec, torch.ones_like(rec)).clamp(-1, 1)
-            sq_errors[k].append(mse_8bit_per_image(rec, x))
-            ssims[k].append(ssim_8bit_per_image(rec, x))
-            if inception is not None:
-                features[k].append(inception(rec))
-            if device.type != "cpu":
-                torch.accelerator.synchronize(device)
-            seconds[k] += time.perf_counter() - tick
-
-    n_local = sum(t.shape[0] for t in sq_errors[ks[0]])
-    counts = all_reduce_sum(torch.tensor([float(n_local), float(skipped), *(seconds[k] for k in ks)],
-                                         dtype=torch.float64, device=device)).cpu().tolist()
-    num_images, num_skipped = int(counts[0]), int(counts[1])
-    if num_images == 0:
-        raise ConfigError(f"no readable image to evaluate ({num_skipped} skipped, {len(dataset)} in the data set)")
-    if inception is not None and num_images < 2:
-        raise ConfigError(f"rFID needs at least 2 images, the data set gave {num_images}")
-
-    def cat(parts: list[torch.Tensor], width: int | None, dtype: torch.dtype) -> torch.Tensor:
-        if parts:
-            return torch.cat(parts)
-        shape = (0,) if width is None else (0, width)
-        return torch.zeros(shape, dtype=dtype, device=device)
-
-    width = 0
-    ref_stats = None
-    if inception is not None:
-        local = reference[0].shape[1] if reference else 0
-        width = int(gather_rows(torch.tensor([[local]], dtype=torch.long, device=device)).max())
-        ref = gather_rows(cat(reference, width, torch.float32))
-        if context.is_main:
-            ref_stats = official_feature_stats(ref)
-        del ref
-    fids = torch.zeros(len(ks), dtype=torch.float64, device=device)
-    by_k = []
-    for i, k in enumerate(ks):
-        mse = gather_rows(cat(sq_errors[k], None, torch.float64)).cpu()
-        ssim = gather_rows(cat(ssims[k], None, torch.float32)).cpu()
-        if inception is not None:
-            feats = gather_rows(cat(features[k], width, torch.float32))
-            if context.is_main:
-                mu, sigma = official_feature_stats(feats)
-                fids[i] = frechet_distance(ref_stats[0], ref_stats[1], mu, sigma)
-            del feats
-            features[k].clear()
-        by_k.append((k, batch_psnr(mse, batch_size), batch_mean(ssim, batch_size)))
-    if inception is not None:
-        all_reduce_sum(fids)  # rank 0's values, shared
-    fid_values = fids.cpu().tolist()
-    world = context.world_size
-    metrics = tuple(
-        OfficialKMetrics(num_keep=k, psnr_official=psnr, ssim_official=ssim,
-                         rfid_official=fid_values[i] if inception is not None else None,
-                         seconds=counts[2 + i] / world)
-        for i, (k, psnr, ssim) in enumerate(by_k)
-    )
-    return OfficialEvaluation(by_k=metrics, num_images=num_images, num_skipped=num_skipped, batch_size=batch_size,
-                              num_batches=math.ceil(num_images / batch_size), world_size=world,
-                              total_seconds=time.perf_counter() - start)
+    def summarize(self, rows: torch.Tensor) -> tuple[float, float]:
+        """(N, 2) rows of the whole set in data-set order -> (batch PSNR, batch-mean SSIM)."""
+        return batch_psnr(rows[:, 0], self.batch_size), batch_mean(rows[:, 1], self.batch_size)
