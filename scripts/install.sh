@@ -22,7 +22,9 @@ done
 export PIP_CONSTRAINT="$repo/constraints.txt"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 "$venv/bin/python" -m pip install --quiet -r "$repo/requirements.txt"
-# A regular (non-editable) install also places the torchvision CPU shim (.pth) in site-packages.
+# A regular (non-editable) install also places the torchvision CPU shim (.pth) in site-packages, and
+# records this checkout's path: the installed `mergevq` reads "$repo/configs" (your edits) while it
+# exists, and the copy packaged now only once it is gone (README "Where configs come from").
 "$venv/bin/python" -m pip install --quiet "$repo$extras"
 "$venv/bin/python" -m pip check
 "$venv/bin/python" -c "import mergevq, taming, torchvision, lightning; print('mergevq', mergevq.__version__, 'installed in', '$venv')"

@@ -58,6 +58,10 @@ def test_evaluate_tokenizer_writes_json_and_table(assets, tmp_path, capsys, priv
     for m in result["by_k"]:
         assert m["rfid"] is None and m["lpips"] > 0 and m["psnr"] > 0 and 0 < m["codebook_usage"] < 1
     assert report["data"]["params"]["size"] == 32  # eval.resolution null -> the tokenizer's image size
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    expected = [str((configs / name).resolve()) for name in ("data/folder.yaml", "evaluation/tokenizer.yaml")]
+    assert report["config_files"] == expected  # --folder = data=folder, in composition order, absolute
+    assert [line[len("config: "):] for line in printed.splitlines() if line.startswith("config: ")] == expected
     table = (out / "tokenizer_eval.md").read_text().splitlines()
     assert len(table) == 4 and table[2].startswith("| 64 |") and table[3].startswith("| 16 |")
     assert table[2] in printed and "3 images, 1 skipped (unreadable or over the pixel limit)" in printed
@@ -104,11 +108,11 @@ def test_reconstruct_writes_matching_pngs_and_merge_groups(assets, tmp_path, cap
     assert 9 <= len(np.unique(groups.reshape(-1, 3), axis=0)) < 256 * 256
 
 
-def _script(script: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+def _script(script: Path, *args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
     full = {k: v for k, v in os.environ.items() if k not in ("DEVICES_PER_NODE", "CUDA_VISIBLE_DEVICES")}
     full.update(env)
     return subprocess.run(["bash", str(script), *args], env=full, capture_output=True, text=True, timeout=30,
-                          check=False)
+                          check=False, cwd=cwd)
 
 
 def test_evaluation_script_launch_line(assets):
@@ -123,14 +127,16 @@ def test_evaluation_script_launch_line(assets):
                     CUDA_VISIBLE_DEVICES="0,1")
     assert recon.returncode == 0, recon.stderr
     assert shlex.split(recon.stdout)[5:] == ["--nproc_per_node=2", "-m", "mergevq", "reconstruct", "--out", "out_dir",
-                                             "--num-keep", "64", str(assets / "tokenizer")]
+                                             "--num-keep", "64", str(assets / "tokenizer"),
+                                             "eval.max_images=50"]
 
 
 def test_scripts_reject_missing_arguments(tmp_path):
     for script, args, message in [(EVAL_SCRIPT, [], "expected RUN_DIR"),
                                   (EVAL_SCRIPT, [str(tmp_path / "nope")], "does not exist"),
-                                  (RECON_SCRIPT, [str(tmp_path)], "expected OUT_DIR")]:
-        run = _script(script, *args, MERGEVQ_DRY_RUN="1")
+                                  (RECON_SCRIPT, [str(tmp_path / "nope")], "does not exist")]:
+        # cwd: the scripts' default RUN_DIR (runs/GR_d64) must not exist there
+        run = _script(script, *args, cwd=tmp_path, MERGEVQ_DRY_RUN="1")
         assert run.returncode == 2 and message in run.stderr and "usage:" in run.stderr
 
 

@@ -277,15 +277,15 @@ def test_stale_temp_files_are_removed_and_a_failed_write_is_one_line(tmp_path, c
 
 
 def test_launch_scripts_continue_a_requeued_job(tmp_path):
-    env = {**os.environ, "MERGEVQ_DRY_RUN": "1"}
+    env = {**os.environ, "MERGEVQ_DRY_RUN": "1", "NNODES": "1"}
     for script, args in [("scripts/train_tokenizer/run_256_GR_d64_single.sh", []),
                          ("scripts/train_tokenizer/run_256_R_multi.sh", ["h", "29500", "0"]),
                          ("scripts/train_autoregressive/run.sh", ["h", "29500", "0", "codes.root=c"])]:
         line = subprocess.run(["bash", str(ROOT / script), *args], env=env, capture_output=True, text=True,
-                              check=True, timeout=30).stdout
+                              check=True, timeout=30).stdout.splitlines()[0]
         assert line.rstrip().endswith("--resume auto"), (script, line)
         line = subprocess.run(["bash", str(ROOT / script), *args, "--overwrite"], env=env, capture_output=True,
-                              text=True, check=True, timeout=30).stdout
+                              text=True, check=True, timeout=30).stdout.splitlines()[0]
         assert "--resume" not in line and "--overwrite" in line
 
 

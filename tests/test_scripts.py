@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import os
-import shlex
 import socket
 import stat
 import subprocess
@@ -20,6 +19,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from _launchers import LAUNCH_ENV, dry, error, world
+from _launchers import env as _env_clean
+from _launchers import run as _run_clean
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts" / "train_tokenizer"
@@ -27,13 +29,9 @@ LAUNCHER = SCRIPTS / "_launch.sh"
 VARIANTS = ("G_d32", "G_d64", "GR_d32", "GR_d64", "GR_d96", "R")
 MODES = ("single", "multi")
 ALL = [(v, m) for v in VARIANTS for m in MODES]
-
-# Variables that change the launch line; every test starts without them.
-_LAUNCH_ENV = (
-    "SLURM_JOB_ID", "SLURM_JOB_NUM_NODES", "SLURM_NNODES", "SLURM_NTASKS", "NNODES",
-    "DEVICES_PER_NODE", "MERGEVQ_PYTHON", "MERGEVQ_EXTRA_CONFIG", "MERGEVQ_DRY_RUN",
-    "CUDA_VISIBLE_DEVICES", "ASCEND_RT_VISIBLE_DEVICES", "MASTER_ADDR", "MASTER_PORT",
-)
+# the authors' script names that are aliases of ours
+ALIASES = {"run_256_R_d64_single.sh": "run_256_R_single.sh", "run_256_R_d64_multi.sh": "run_256_R_multi.sh"}
+_LAUNCH_ENV = LAUNCH_ENV
 
 
 def _script(variant: str, mode: str) -> Path:
@@ -41,23 +39,23 @@ def _script(variant: str, mode: str) -> Path:
 
 
 def _env(**values: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_ENV}
-    env.update(values)
-    return env
+    return _env_clean(**values)
 
 
 def _run(script: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["bash", str(script), *args], env=_env(**env), capture_output=True, text=True, timeout=30
-    )
+    return _run_clean(script, *args, **env)
 
 
 def _dry(script: Path, *args: str, **env: str) -> list[str]:
-    result = _run(script, *args, MERGEVQ_DRY_RUN="1", **env)
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.strip().splitlines()
-    assert len(lines) == 1, result.stdout
-    return shlex.split(lines[0])
+    """The launch line; the world-size line that follows it must match the line's own counts."""
+    argv, world_line = dry(script, *args, **env)
+    flags = _flags(argv)
+    if argv[0] == "srun":
+        nodes, devices = int(flags["nodes"]), int(flags["ntasks-per-node"])
+    else:
+        nodes, devices = int(flags["nnodes"]), int(flags["nproc_per_node"])
+    assert world_line == world(nodes, devices)
+    return argv
 
 
 def _train_part(argv: list[str]) -> list[str]:
@@ -96,7 +94,7 @@ def test_script_is_thin_executable_wrapper(variant, mode):
 
 
 def test_no_other_scripts_in_folder():
-    expected = {f"run_256_{v}_{m}.sh" for v, m in ALL} | {"_launch.sh"}
+    expected = {f"run_256_{v}_{m}.sh" for v, m in ALL} | {"_launch.sh"} | set(ALIASES)
     assert {p.name for p in SCRIPTS.glob("*.sh")} == expected
 
 
@@ -107,28 +105,30 @@ def test_multi_dry_run_line(variant):
         "--run-dir", "/tmp/runs/x", "model.params.lr_drop_epochs=[1, 2]",
         NNODES="4", DEVICES_PER_NODE="8", MERGEVQ_PYTHON="/opt/py/bin/python3",
     )
-    assert argv[:3] == ["/opt/py/bin/python3", "-m", "torch.distributed.run"]  # = torchrun
-    flags = _flags(argv[: argv.index("mergevq")])
-    assert flags == {
-        "nnodes": "4", "nproc_per_node": "8", "node_rank": "2",
-        "master_addr": "10.1.2.3", "master_port": "29511",
-    }
-    assert _train_part(argv) == [
-        str(ROOT / "configs" / "tokenizer" / f"{variant}.yaml"),
-        "trainer.num_nodes=4",
-        "trainer.devices=8",
+    assert argv == [
+        "/opt/py/bin/python3", "-m", "torch.distributed.run",  # = torchrun
+        "--nnodes=4", "--nproc_per_node=8", "--node_rank=2", "--master_addr=10.1.2.3", "--master_port=29511",
+        "-m", "mergevq", "train", str(ROOT / "configs" / "tokenizer" / f"{variant}.yaml"),
+        "trainer.num_nodes=4", "trainer.devices=8",
         "trainer.max_epochs=3",  # the user's arguments come last, unchanged and in order
-        "--run-dir",
-        "/tmp/runs/x",
-        "model.params.lr_drop_epochs=[1, 2]",
+        "--run-dir", "/tmp/runs/x", "model.params.lr_drop_epochs=[1, 2]",
+        "--resume", "auto",
     ]
 
 
-def test_multi_defaults_one_node_of_eight():
-    argv = _dry(_script("GR_d64", "multi"), "host-a", "29500", "0")
+def test_multi_without_nnodes_is_a_one_line_error():
+    """The authors' form alone used to start a one-node job on every node: NNODES is required."""
+    message = error(_script("GR_d64", "multi"), "10.0.0.1", "29500", "1", DEVICES_PER_NODE="8")
+    assert message.splitlines() == [
+        "run_256_GR_d64_multi.sh: error: NNODES is not set: set NNODES to the number of nodes (the same on "
+        "every node), e.g. NNODES=2 run_256_GR_d64_multi.sh 10.0.0.1 29500 1"]
+
+
+def test_multi_one_node_counts_local_devices():
+    argv = _dry(_script("GR_d64", "multi"), "host-a", "29500", "0", NNODES="1", CUDA_VISIBLE_DEVICES="0,1,2")
     assert argv[0] == "python"
-    assert _flags(argv)["nnodes"] == "1" and _flags(argv)["nproc_per_node"] == "8"
-    assert _train_part(argv)[1:] == ["trainer.num_nodes=1", "trainer.devices=8"]
+    assert _flags(argv)["nnodes"] == "1" and _flags(argv)["nproc_per_node"] == "3"
+    assert _train_part(argv)[1:] == ["trainer.num_nodes=1", "trainer.devices=3"]
 
 
 @pytest.mark.parametrize(
@@ -139,21 +139,28 @@ def test_multi_defaults_one_node_of_eight():
     ids=["none", "addr", "addr_port", "override", "bad_port", "neg_rank", "port_range", "rank_kv"],
 )
 def test_multi_bad_positional_args_exit_2_with_usage(args):
-    result = _run(_script("GR_d64", "multi"), *args, MERGEVQ_DRY_RUN="1")
+    result = _run(_script("GR_d64", "multi"), *args, MERGEVQ_DRY_RUN="1", NNODES="2")
     assert result.returncode == 2
     assert "usage: run_256_GR_d64_multi.sh MASTER_ADDR MASTER_PORT NODE_RANK" in result.stderr
     assert result.stdout == ""
 
 
 def test_multi_node_rank_must_be_below_nnodes():
-    result = _run(_script("G_d32", "multi"), "h", "29500", "2", NNODES="2", MERGEVQ_DRY_RUN="1")
-    assert result.returncode == 2 and "NODE_RANK 2 is out of range" in result.stderr
+    message = error(_script("G_d32", "multi"), "h", "29500", "2", NNODES="2")
+    assert message == "run_256_G_d32_multi.sh: error: NODE_RANK 2 is out of range for NNODES=2 (0..1)\n"
 
 
-def test_bad_counts_exit_2():
-    for env in ({"NNODES": "0"}, {"DEVICES_PER_NODE": "x"}):
-        result = _run(_script("R", "multi"), "h", "29500", "0", MERGEVQ_DRY_RUN="1", **env)
-        assert result.returncode == 2, env
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [({"NNODES": "0"}, "NNODES '0' is not a positive integer"),
+     ({"NNODES": "1", "DEVICES_PER_NODE": "x"}, "DEVICES_PER_NODE 'x' is not a positive integer")],
+)
+def test_bad_counts_exit_2(env, message):
+    assert message in error(_script("R", "multi"), "h", "29500", "0", **env)
+
+
+def test_single_refuses_nnodes_above_one():
+    assert "use the _multi launcher" in error(_script("R", "single"), NNODES="2")
 
 
 def test_help_exits_0():
@@ -164,14 +171,18 @@ def test_help_exits_0():
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_single_dry_run_line(variant):
     argv = _dry(_script(variant, "single"), "trainer.precision=16-mixed", DEVICES_PER_NODE="4")
-    assert argv[:3] == ["python", "-m", "torch.distributed.run"]
-    head = argv[: argv.index("mergevq")]
-    assert "--standalone" in head
-    assert _flags(head) == {"nnodes": "1", "nproc_per_node": "4"}
-    assert _train_part(argv) == [
-        str(ROOT / "configs" / "tokenizer" / f"{variant}.yaml"),
-        "trainer.num_nodes=1", "trainer.devices=4", "trainer.precision=16-mixed",
+    assert argv == [
+        "python", "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=4",
+        "-m", "mergevq", "train", str(ROOT / "configs" / "tokenizer" / f"{variant}.yaml"),
+        "trainer.num_nodes=1", "trainer.devices=4", "trainer.precision=16-mixed", "--resume", "auto",
     ]
+
+
+def test_devices_flag_sets_the_process_count():
+    argv = _dry(_script("R", "single"), "--devices", "2", CUDA_VISIBLE_DEVICES="0,1,2,3")
+    assert _flags(argv)["nproc_per_node"] == "2"
+    assert _train_part(argv)[1:] == ["trainer.num_nodes=1", "trainer.devices=2", "--devices", "2"]
+    assert "DEVICES_PER_NODE=4 but --devices 2" in error(_script("R", "single"), "--devices=2", DEVICES_PER_NODE="4")
 
 
 def _fake_tools(tmp_path: Path, nvidia: str | None, npu: str | None) -> str:
@@ -199,8 +210,10 @@ _NPU_L = "        Total Count                    : 8\n\n        NPU ID : 0\n    
         (_NVIDIA_L, None, {"CUDA_VISIBLE_DEVICES": "1,3"}, "2"),
         (None, _NPU_L, {"ASCEND_RT_VISIBLE_DEVICES": "0,1,2"}, "3"),
         (_NVIDIA_L, None, {"DEVICES_PER_NODE": "5"}, "5"),
+        (_NVIDIA_L, _NPU_L, {"MERGEVQ_ACCELERATOR": "npu"}, "8"),
+        (_NVIDIA_L, _NPU_L, {"MERGEVQ_ACCELERATOR": "npu", "CUDA_VISIBLE_DEVICES": "0"}, "8"),
     ],
-    ids=["nvidia-smi", "npu-smi", "nothing", "cuda_visible", "ascend_visible", "explicit"],
+    ids=["nvidia-smi", "npu-smi", "nothing", "cuda_visible", "ascend_visible", "explicit", "npu", "npu_not_cuda"],
 )
 def test_single_counts_local_devices(tmp_path, nvidia, npu, env, expected):
     argv = _dry(_script("GR_d64", "single"), PATH=_fake_tools(tmp_path, nvidia, npu), **env)
@@ -219,6 +232,22 @@ def test_extra_config_follows_variant_config():
     ]
 
 
+def test_npu_switch_layers_the_npu_trainer_file():
+    """MERGEVQ_ACCELERATOR=npu: configs/trainer/npu8_bf16.yaml after the variant, NPUs counted from
+    ASCEND_RT_VISIBLE_DEVICES (not CUDA_VISIBLE_DEVICES); the authors' multi-node form on NPUs."""
+    argv = _dry(_script("GR_d64", "multi"), "10.0.0.1", "29500", "1", NNODES="2", MERGEVQ_ACCELERATOR="npu",
+                ASCEND_RT_VISIBLE_DEVICES="0,1,2,3,4,5,6,7", CUDA_VISIBLE_DEVICES="0")
+    assert argv == [
+        "python", "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=8", "--node_rank=1",
+        "--master_addr=10.0.0.1", "--master_port=29500", "-m", "mergevq", "train",
+        str(ROOT / "configs" / "tokenizer" / "GR_d64.yaml"), str(ROOT / "configs" / "trainer" / "npu8_bf16.yaml"),
+        "trainer.num_nodes=2", "trainer.devices=8", "--resume", "auto"]
+    # a file already named in MERGEVQ_EXTRA_CONFIG is not layered twice
+    argv = _dry(_script("R", "single"), MERGEVQ_ACCELERATOR="npu", DEVICES_PER_NODE="8",
+                MERGEVQ_EXTRA_CONFIG="configs/trainer/npu8_bf16.yaml")
+    assert _train_part(argv)[:2] == [str(ROOT / "configs" / "tokenizer" / "R.yaml"), "configs/trainer/npu8_bf16.yaml"]
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_slurm_uses_srun(mode):
     args = ("node001", "29400", "0") if mode == "multi" else ()
@@ -228,17 +257,30 @@ def test_slurm_uses_srun(mode):
         MERGEVQ_PYTHON="/env/bin/python",
     )
     nodes = "3" if mode == "multi" else "1"
-    assert argv[:4] == ["srun", f"--nodes={nodes}", "--ntasks-per-node=8", "/env/bin/python"]
-    assert "torch.distributed.run" not in argv
-    assert _train_part(argv)[1:] == [
-        f"trainer.num_nodes={nodes}", "trainer.devices=8", "trainer.max_epochs=1",
-    ]
+    assert argv == [
+        "srun", f"--nodes={nodes}", "--ntasks-per-node=8", "/env/bin/python", "-m", "mergevq", "train",
+        str(ROOT / "configs" / "tokenizer" / "GR_d64.yaml"), f"trainer.num_nodes={nodes}", "trainer.devices=8",
+        "trainer.max_epochs=1", "--resume", "auto"]
 
 
 def test_slurm_multi_positional_args_optional():
-    argv = _dry(_script("R", "multi"), "trainer.max_epochs=1", SLURM_JOB_ID="1", NNODES="2")
-    assert argv[:3] == ["srun", "--nodes=2", "--ntasks-per-node=8"]
+    argv = _dry(_script("R", "multi"), "trainer.max_epochs=1", SLURM_JOB_ID="1", SLURM_JOB_NUM_NODES="2",
+                NNODES="2", SLURM_NTASKS_PER_NODE="4")
+    assert argv[:3] == ["srun", "--nodes=2", "--ntasks-per-node=4"]
     assert _train_part(argv)[-1] == "trainer.max_epochs=1"
+
+
+def test_slurm_nnodes_mismatch_is_a_one_line_error():
+    message = error(_script("R", "multi"), "h", "29500", "0", SLURM_JOB_ID="1", SLURM_JOB_NUM_NODES="4",
+                    NNODES="2")
+    assert message == ("run_256_R_multi.sh: error: NNODES=2 but SLURM_JOB_NUM_NODES=4: unset NNODES or make "
+                       "them agree\n")
+
+
+def test_slurm_switch_off_uses_torchrun():
+    argv = _dry(_script("R", "multi"), "h", "29500", "1", SLURM_JOB_ID="1", SLURM_JOB_NUM_NODES="2",
+                MERGEVQ_SLURM="0", NNODES="2", DEVICES_PER_NODE="4")
+    assert argv[:4] == ["python", "-m", "torch.distributed.run", "--nnodes=2"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -292,6 +334,7 @@ trainer:
   checkpoint_every_n_steps: {ckpt_every}
   limit_val_batches: 1
   progress_bar: false
+  global_batch_size: null
 data:
   params:
     batch_size: 2
