@@ -9,17 +9,30 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PTH = "mergevq-torchvision-compat.pth"
 
 
+# mergevq.paths.SOURCE_CHECKOUT_FILE: where the installed package finds the checkout it was built from.
+SOURCE_CHECKOUT_FILE = "_source_checkout.txt"
+
+
 class BuildPyWithExtras(build_py):
-    """Also place the .pth hook at the root of the wheel (so it lands in site-packages) and ship
-    ``configs/`` inside the package (``mergevq/configs``) so an installed CLI finds its YAMLs."""
+    """Also place the .pth hook at the root of the wheel (so it lands in site-packages), ship
+    ``configs/`` inside the package (``mergevq/configs``) so an installed CLI finds its YAMLs, and
+    record this checkout's absolute path (``mergevq/_source_checkout.txt``): while that folder exists,
+    the installed CLI reads the checkout's ``configs/``, i.e. the files the user edits; the packaged
+    copy is the fallback once it is gone (e.g. a wheel built from a temporary sdist folder)."""
 
     def run(self):
         super().run()
         self.copy_file(os.path.join(HERE, PTH), os.path.join(self.build_lib, PTH))
         self.copy_tree(os.path.join(HERE, "configs"), os.path.join(self.build_lib, "mergevq", "configs"))
+        record = os.path.join(self.build_lib, "mergevq", SOURCE_CHECKOUT_FILE)
+        with open(record, "w", encoding="utf-8") as handle:
+            handle.write(HERE + "\n")
 
     def get_outputs(self, include_bytecode=1):
-        return super().get_outputs(include_bytecode) + [os.path.join(self.build_lib, PTH)]
+        return super().get_outputs(include_bytecode) + [
+            os.path.join(self.build_lib, PTH),
+            os.path.join(self.build_lib, "mergevq", SOURCE_CHECKOUT_FILE),
+        ]
 
 
 def read_version():
@@ -61,8 +74,9 @@ setup(
         "tensorboard>=2.14",
         "scikit-image>=0.22",
         "scikit-learn>=1.3",
+        "tqdm>=4.60",
     ],
-    extras_require={"test": ["pytest>=7.4", "pytest-timeout>=2.2"], "npu": []},
+    extras_require={"test": ["pytest>=7.4", "pytest-timeout>=2.2"], "npu": [], "wandb": ["wandb>=0.16"]},
     entry_points={"console_scripts": ["mergevq=mergevq.cli:main"]},
     cmdclass={"build_py": BuildPyWithExtras},
     classifiers=[

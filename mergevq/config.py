@@ -9,6 +9,10 @@ Conventions
   directory named ``configs``); a missing ``.yaml`` suffix is added. Defaults are merged first
   (depth-first, in list order), then the file's own content on top; the ``defaults`` key is
   dropped from the result. Including a file twice (a diamond) is fine; a cycle is an error.
+* Config groups: every sub-folder of the configs root is a group (``data``, ``trainer`` ...); an
+  override ``GROUP=NAME`` (no dot) picks ``GROUP/NAME.yaml``, replacing in place each ``defaults:``
+  entry of that group in the composition (or, when there is none, merged after the first file's
+  defaults and before its own keys), e.g. ``data=folder`` or ``trainer=npu8_bf16``.
 * Several files given to :func:`load` are merged in order; command-line overrides come last.
   ``key.path=value`` sets an existing key (a typo is an error with suggestions);
   ``+key.path=value`` may add a new key. Values are parsed as YAML (``=3``, ``=[1,2]``, ``=null``,
@@ -289,21 +293,62 @@ def _defaults_list(value: Any, path: Path) -> list[str]:
     return value
 
 
+@dataclass
+class _GroupChoice:
+    """``GROUP=NAME`` on the command line: configs/GROUP/NAME.yaml replaces the composition's
+    ``defaults:`` entries of that group (``used``: one was replaced)."""
+
+    text: str
+    group: str
+    path: Path
+    used: bool = False
+
+
+def _in_group(child: Path, group: str, roots: Sequence[Path]) -> bool:
+    """Whether ``child`` is a file of the config group ``group`` (``<configs root>/group/*.yaml``)."""
+    folder = child.parent
+    return folder.name == group and (folder.parent in roots or folder.parent.name == _CONFIGS_DIRNAME)
+
+
+def _choose(child: Path, including: Path, choices: Mapping[str, _GroupChoice], roots: Sequence[Path]) -> Path:
+    """``child`` (a defaults entry of ``including``), or the group file chosen in its place. A file
+    inside the group folder itself keeps its entries (trainer/npu8_bf16.yaml composes gpu8_bf16.yaml)."""
+    for choice in choices.values():
+        if _in_group(child, choice.group, roots) and including.parent != child.parent:
+            choice.used = True
+            return choice.path
+    return child
+
+
 def _compose(
-    path: Path, *, chain: tuple[Path, ...], files: list[str], origins: dict[str, str]
+    path: Path,
+    *,
+    chain: tuple[Path, ...],
+    files: list[str],
+    origins: dict[str, str],
+    choices: Mapping[str, _GroupChoice] | None = None,
+    roots: Sequence[Path] = (),
+    appended: Sequence[_GroupChoice] = (),
 ) -> DictConfig:
+    """``path`` with its defaults (group choices applied), then ``appended`` group files (merged
+    after the defaults, before the file's own keys), then the file's own keys."""
     if path in chain:
         cycle = " -> ".join(_display(p) for p in (*chain[chain.index(path) :], path))
         raise _error(f"{_display(path)}: key 'defaults': cycle in config defaults: {cycle}")
     data = _read_file(path)
     defaults = _defaults_list(data.pop("defaults", None), path)
     result = OmegaConf.create({})
-    for entry in defaults:
-        child = _resolve_default(entry, path)
-        composed = _compose(child, chain=(*chain, path), files=files, origins=origins)
+    children = [_resolve_default(entry, path) for entry in defaults]
+    if choices:
+        children = [_choose(child, path, choices, roots) for child in children]
+    children += [choice.path for choice in appended]
+    for child in children:
+        composed = _compose(
+            child, chain=(*chain, path), files=files, origins=origins, choices=choices, roots=roots
+        )
         result = _merge(result, composed, source=_display(child))
     shown = _display(path)
-    files.append(shown)
+    files.append(str(path))
     _record(origins, data, shown)
     return _merge(result, _create(data, source=shown), source=shown)
 
@@ -406,7 +451,7 @@ def _apply_override(
         )
         raise _error(
             f"override '{text}': key '{key}' does not exist in the config loaded from "
-            f"{', '.join(files)}; {hint}; write '+{key}=...' to add a new key"
+            f"{', '.join(_display(Path(f)) for f in files)}; {hint}; write '+{key}=...' to add a new key"
         )
     try:
         OmegaConf.update(cfg, key, value, merge=False, force_add=True)
@@ -427,7 +472,8 @@ def _apply_override(
 class LoadedConfig:
     """A composed config with its provenance.
 
-    ``files``: the files read, in merge order. ``origins``: leaf key path -> the file that set it
+    ``files``: the absolute paths of the files read, in composition order (``defaults:`` first,
+    as merged). ``origins``: leaf key path -> the file that set it
     last (or :data:`COMMAND_LINE`).
     """
 
@@ -481,31 +527,131 @@ class LoadedConfig:
         return target
 
 
+def _group_roots(paths: Sequence[Path]) -> list[Path]:
+    """Where config groups are looked up: the configs root of the first file, then
+    :func:`mergevq.paths.config_roots`."""
+    from mergevq.paths import config_roots
+
+    roots: list[Path] = []
+    first = _configs_root(paths[0]) if paths else None
+    if first is not None:
+        roots.append(first)
+    roots.extend(config_roots())
+    return list(dict.fromkeys(roots))
+
+
+def _group_names(group: str, roots: Sequence[Path]) -> list[str]:
+    names = {p.stem for root in roots if (root / group).is_dir() for p in (root / group).glob("*.yaml")}
+    return sorted(names)
+
+
+def _group_choice(text: str, roots: Sequence[Path]) -> _GroupChoice | None:
+    """``GROUP=NAME`` when GROUP (no dot, no '+') is a folder of a configs root: NAME is a file of
+    that folder (``.yaml`` optional) or the path of a YAML file. None: an ordinary key override."""
+    group, sep, name = text.partition("=")
+    group = group.strip()
+    if not sep or not group or group.startswith("+") or "." in group:
+        return None
+    if not any((root / group).is_dir() for root in roots):
+        return None
+    name = name.strip()
+    given = Path(name).expanduser()
+    if name and given.suffix in (".yaml", ".yml") and given.is_file():
+        return _GroupChoice(text=text, group=group, path=given.resolve())
+    for root in roots:
+        for candidate in (root / group / name, root / group / f"{name}.yaml"):
+            if name and "/" not in name and candidate.is_file():
+                return _GroupChoice(text=text, group=group, path=candidate.resolve())
+    available = ", ".join(_group_names(group, roots)) or "none"
+    folders = ", ".join(_display(root / group) for root in roots if (root / group).is_dir())
+    raise _error(
+        f"override '{text}': '{name}' is not a config of the group '{group}' ({folders}); "
+        f"available: {available} (or the path of a .yaml file)"
+    )
+
+
+def _check_appended(
+    cfg: DictConfig, appended: Sequence[_GroupChoice], origins: Mapping[str, str]
+) -> None:
+    """A group file merged into a config that has no defaults entry of its group must not meet
+    another ``target`` on the same node (``cfg``: the config composed without it): that would mix
+    two objects' parameters (e.g. ``data=demo`` on MergeAR, whose data node reads codes)."""
+    for choice in appended:
+        data = _read_file(choice.path)
+        for key, value in data.items():
+            if not (isinstance(value, Mapping) and "target" in value) or key not in cfg:
+                continue
+            own = OmegaConf.select(cfg, f"{key}.target", throw_on_missing=False)
+            if own is not None and own != value["target"]:
+                raise _error(
+                    f"override '{choice.text}': {_display(choice.path)} sets {key}.target "
+                    f"{value['target']}, but {_origin(origins, f'{key}.target')} sets it to {own}: "
+                    f"this config does not take its '{key}' from the '{choice.group}' group; "
+                    f"set the {key} keys directly"
+                )
+
+
 def load_with_origins(
     paths: PathLike | Sequence[PathLike], overrides: Sequence[str] = ()
 ) -> LoadedConfig:
     """Compose ``paths`` (merged in order, each with its ``defaults``), apply ``overrides`` last,
-    and return the config with the files read and each leaf key's origin."""
+    and return the config with the files read (absolute paths, in composition order) and each leaf
+    key's origin.
+
+    Config groups: an override ``GROUP=NAME`` whose GROUP (no dot) is a folder of the configs root
+    (``data``, ``trainer`` ...) chooses the file ``GROUP/NAME.yaml`` (or NAME, a path to a .yaml
+    file), wherever it stands among the overrides: every ``defaults:`` entry of that group in the
+    composition (recursively; not inside the group folder itself) is replaced by it in place. If the
+    composition has no such entry, the file is merged after the first config's defaults and before
+    its own keys. An unknown NAME is an error listing the group's files."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     if not paths:
         raise _error("no config file given: pass at least one YAML file")
     if isinstance(overrides, str):
         overrides = [overrides]
-    files: list[str] = []
-    origins: dict[str, str] = {}
-    cfg = OmegaConf.create({})
+    resolved: list[Path] = []
     for given in paths:
         path = Path(given).expanduser()
         if not path.is_file():
             raise _error(f"config file not found: {given}")
-        path = path.resolve()
-        cfg = _merge(
-            cfg, _compose(path, chain=(), files=files, origins=origins), source=_display(path)
-        )
+        resolved.append(path.resolve())
+    roots = _group_roots(resolved)
+    choices: dict[str, _GroupChoice] = {}
+    key_overrides: list[str] = []
     for text in overrides:
+        choice = _group_choice(text, roots)
+        if choice is None:
+            key_overrides.append(text)
+        else:
+            choices[choice.group] = choice  # the last choice of a group wins
+    cfg, files, origins = _compose_all(resolved, choices, roots, appended=())
+    unused = [choice for choice in choices.values() if not choice.used]
+    if unused:
+        _check_appended(cfg, unused, origins)
+        cfg, files, origins = _compose_all(resolved, choices, roots, appended=unused)
+    for text in key_overrides:
         _apply_override(cfg, text, files=files, origins=origins)
     return LoadedConfig(cfg=cfg, files=tuple(dict.fromkeys(files)), origins=origins)
+
+
+def _compose_all(
+    paths: Sequence[Path],
+    choices: Mapping[str, _GroupChoice],
+    roots: Sequence[Path],
+    *,
+    appended: Sequence[_GroupChoice],
+) -> tuple[DictConfig, list[str], dict[str, str]]:
+    files: list[str] = []
+    origins: dict[str, str] = {}
+    cfg = OmegaConf.create({})
+    for index, path in enumerate(paths):
+        composed = _compose(
+            path, chain=(), files=files, origins=origins, choices=choices, roots=roots,
+            appended=appended if index == 0 else (),
+        )
+        cfg = _merge(cfg, composed, source=_display(path))
+    return cfg, files, origins
 
 
 def load(paths: PathLike | Sequence[PathLike], overrides: Sequence[str] = ()) -> DictConfig:
@@ -543,9 +689,16 @@ def to_yaml(cfg: DictConfig | Mapping[str, Any]) -> str:
         raise _error(f"key '{key}' cannot be resolved: {exc}") from None
 
 
-def save(cfg: DictConfig | Mapping[str, Any], run_dir: PathLike) -> Path:
-    """Write the resolved config to ``run_dir/config.yaml`` atomically; creates ``run_dir``."""
+def save(
+    cfg: DictConfig | Mapping[str, Any], run_dir: PathLike, *, sources: Sequence[str] = ()
+) -> Path:
+    """Write the resolved config to ``run_dir/config.yaml`` atomically; creates ``run_dir``.
+    ``sources``: the files it was composed from (:attr:`LoadedConfig.files`), written as a
+    ``# composed from:`` comment header (YAML readers ignore it)."""
     text = to_yaml(cfg)
+    if sources:
+        header = "".join(f"#   {source}\n" for source in sources)
+        text = f"# composed from:\n{header}{text}"
     directory = Path(run_dir)
     directory.mkdir(parents=True, exist_ok=True)
     destination = directory / CONFIG_FILENAME

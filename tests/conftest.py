@@ -4,6 +4,8 @@ import os
 
 # Any accidental hub access must fail in seconds, not hang (ENVIRONMENT.md).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Progress bars off in tests (tests of the bars turn them on themselves).
+os.environ.setdefault("MERGEVQ_PROGRESS", "0")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 # A regular install applies the torchvision CPU fix through its .pth hook; an editable install

@@ -42,14 +42,16 @@ def test_unknown_subcommand_fails_cleanly(capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
-def test_configs_root_is_the_checkout_in_a_source_tree(monkeypatch):
+def test_configs_root_is_the_checkout_in_a_source_tree(monkeypatch, tmp_path):
     from mergevq.paths import configs_root, resolve_config
 
     monkeypatch.delenv("MERGEVQ_CONFIGS", raising=False)
     assert (configs_root() / "data" / "demo.yaml").is_file()
     assert resolve_config("data/demo") == configs_root() / "data" / "demo.yaml"
-    monkeypatch.setenv("MERGEVQ_CONFIGS", "/elsewhere")
-    assert str(configs_root()) == "/elsewhere"
+    assert resolve_config("data/demo").is_absolute()
+    # MERGEVQ_CONFIGS is searched first when it exists (tests/test_config_paths.py: the whole order)
+    monkeypatch.setenv("MERGEVQ_CONFIGS", str(tmp_path))
+    assert configs_root() == tmp_path.resolve()
 
 
 def test_overrides_may_follow_options():

@@ -66,12 +66,11 @@ SETUP: dict[str, Callable[[Path], None]] = {
     "data/imagenet.yaml": _imagenet_layout,
     "data/folder.yaml": _image_folders,
     **{f"tokenizer/{name}.yaml": _imagenet_layout for name in _TOKENIZER_VARIANTS},
-    "extract/imagenet.yaml": _imagenet_layout,
-    "extract/folder.yaml": _image_folders,
-    "probe/imagenet.yaml": _imagenet_layout,
-    "probe/folder.yaml": _image_folders,
+    "extract/base.yaml": _imagenet_layout,
+    "probe/linear.yaml": _imagenet_layout,
+    "probe/demo.yaml": _imagenet_layout,
     "evaluation/tokenizer.yaml": _imagenet_layout,
-    "evaluation/tokenizer_folder.yaml": _image_folders,
+    "evaluation/tokenizer_demo.yaml": _imagenet_layout,
     **{f"ar/{name}.yaml": write_codes for name in (*_AR_VARIANTS, "base")},
     "demo/mergear.yaml": lambda root: write_codes(root, grid=(8, 8), num_classes=10, flip=True),
 }
@@ -89,21 +88,20 @@ OVERRIDES: dict[str, list[str]] = {
         f"tokenizer/{name}.yaml": _TINY_TOKENIZER + (_BASE_MANDATORY if name == "base" else [])
         for name in _TOKENIZER_VARIANTS
     },
-    "extract/imagenet.yaml": ["data.params.train.params.root={tmp_path}"],
-    "extract/folder.yaml": ["data.params.train.params.root={tmp_path}/train"],
-    "extract/demo.yaml": ["demo_data.train_per_photo=2"],
-    "probe/imagenet.yaml": [
-        "data.params.train.params.root={tmp_path}",
-        "data.params.validation.params.root={tmp_path}",
-    ],
-    "probe/folder.yaml": [
-        "data.params.train.params.root={tmp_path}/train",
-        "data.params.validation.params.root={tmp_path}/val",
-    ],
+    # the task configs compose ImageNet by default; tests/test_config_groups.py swaps every data set in
+    "extract/base.yaml": ["data.params.train.params.root={tmp_path}"],
+    **{
+        f"probe/{name}.yaml": [
+            "data.params.train.params.root={tmp_path}",
+            "data.params.validation.params.root={tmp_path}",
+        ]
+        for name in ("linear", "demo")
+    },
     # eval.resolution: null means "the tokenizer's size", which the command fills in
-    "evaluation/tokenizer.yaml": ["eval.resolution=32", "data.params.validation.params.root={tmp_path}"],
-    "evaluation/tokenizer_folder.yaml": ["eval.resolution=32", "data.params.validation.params.root={tmp_path}/val"],
-    "evaluation/tokenizer_demo.yaml": ["eval.resolution=32"],
+    **{
+        f"evaluation/{name}.yaml": ["eval.resolution=32", "data.params.validation.params.root={tmp_path}"]
+        for name in ("tokenizer", "tokenizer_demo")
+    },
     **{f"ar/{name}.yaml": _TINY_AR for name in _AR_VARIANTS},
     "ar/base.yaml": _TINY_AR + ["run.name=base", "model.params.model.params.changes.grid=[16, 16]"],
     "demo/mergear.yaml": ["demo_codes.root={tmp_path}"],

@@ -187,3 +187,21 @@ def test_imports_no_model_code_or_lightning():
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60,
                    env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+
+
+def test_shares_the_image_folder_vocabulary(tmp_path):
+    """size / views / random_crop / flip / labels mean what they mean for taming's ImageFolder, so one
+    task config fits every data set (configs/data/demo.yaml, tests/test_config_groups.py)."""
+    small = dict(train_per_photo=2, val_per_photo=1, cache_dir=str(tmp_path))
+    ds = DemoImages(split="validation", size=16, views=False, random_crop=False, **small)
+    assert ds[0]["image"].shape == (3, 16, 16) and ds.size == ds.resolution == 16
+    assert torch.equal(DemoImages(split="validation", resolution=16, **small)[0]["image"], ds[0]["image"])
+    unlabelled = DemoImages(split="validation", size=16, labels=False, **small)
+    assert {int(unlabelled[i]["class_label"]) for i in range(len(unlabelled))} == {-1}
+    assert int(DemoImages(split="validation", size=16, labels=True, **small)[1]["class_label"]) == 1
+    for key in ("views", "random_crop"):
+        with pytest.raises(ValueError, match=f"{key}=true") as err:
+            DemoImages(split="validation", size=16, **{key: True}, **small)
+        assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="give only size"):
+        DemoImages(split="validation", size=16, resolution=32, **small)

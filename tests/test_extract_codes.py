@@ -235,6 +235,10 @@ def test_cli_end_to_end_on_exported_tokenizer(model, tmp_path, private_cache, ca
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "20 images (+ flipped)" in printed and "images skipped (unreadable or over the pixel limit): 0" in printed
+    # every composed config file, absolute, in composition order (--demo = data=demo)
+    configs = ROOT / "configs"
+    assert [line for line in printed.splitlines() if line.startswith("config: ")] == [
+        f"config: {(configs / 'data/demo.yaml').resolve()}", f"config: {(configs / 'extract/base.yaml').resolve()}"]
     ds = CodesDataset(root=str(out), augment_flip=True)
     m = ds.manifest
     assert len(ds) == 40 and m.num_classes == 10 and m.k_candidates == (16, 64)
@@ -333,8 +337,9 @@ def _imagenet_layout(root: Path) -> None:
         write_jpeg(str(root / "train" / wnid / f"img{i}.JPEG"), seed=i)
 
 
-@pytest.mark.parametrize("name", ["base", "demo", "folder", "imagenet"])
+@pytest.mark.parametrize("name", ["demo", "folder", "imagenet"])
 def test_extract_configs_compose(name, tmp_path, private_cache):
+    """The one task config with each data set of the group (tests/test_config_groups.py checks the rest)."""
     from omegaconf import OmegaConf
 
     from mergevq import config as C
@@ -344,11 +349,10 @@ def test_extract_configs_compose(name, tmp_path, private_cache):
     overrides = {"imagenet": [f"data.params.train.params.root={tmp_path}"],
                  "folder": [f"data.params.train.params.root={tmp_path}/train"],
                  "demo": ["demo_data.train_per_photo=2", "demo_data.val_per_photo=1"]}.get(name, [])
-    loaded = C.load_with_origins(ROOT / "configs" / "extract" / f"{name}.yaml", ["extract.image_size=32", *overrides])
+    loaded = C.load_with_origins(ROOT / "configs" / "extract" / "base.yaml",
+                                 [f"data={name}", "extract.image_size=32", *overrides])
     settings = ExtractSettings.from_node(OmegaConf.to_container(loaded.select("extract"), resolve=True), source=name)
     assert settings.k_candidates is None and settings.seed == 0
-    if name == "base":
-        return
     assert loaded.select("data.params.validation") is None  # extraction reads only the train node
     dataset = loaded.instantiate("data.params.train")
     sample = next(s for s in (dataset[i] for i in range(len(dataset))) if s)

@@ -216,6 +216,10 @@ def test_cli_demo_end_to_end(exported, tmp_path, capsys, private_cache):
     assert record["settings"]["optimizer"] == "sgd" and record["settings"]["image_size"] == 32
     assert record["command"] == "linear-probe"  # so that a re-run may replace it
     assert check_output_file(out, command="linear-probe") == out
+    # --demo = --config probe/demo data=demo: the composed files, absolute, in composition order
+    names = [Path(f).relative_to(Path(__file__).resolve().parents[1] / "configs").as_posix() for f in record["configs"]]
+    assert names == ["data/demo.yaml", "probe/linear.yaml", "probe/demo.yaml"]
+    assert [f"config: {f}" for f in record["configs"]] == [l for l in printed.splitlines() if l.startswith("config: ")]
 
 
 def test_cli_refuses_a_folder_or_a_foreign_file_before_any_work(tmp_path, capsys):

@@ -165,7 +165,7 @@ def test_cli_round_trip(tmp_path, capsys):
              "dist_model.embeddings.cls_token": torch.ones(1, 1, 4)}
     torch.save({"state_dict": {**state, **extra}, "epoch": 3, "global_step": 99}, ckpt)
     out = tmp_path / "converted"
-    code = cli_main(["convert-official", str(ckpt), "--config", str(DATA / "G" / "config.json"), "--out", str(out)])
+    code = cli_main(["convert-official", str(ckpt), "--authors-config", str(DATA / "G" / "config.json"), "--out", str(out)])
     printed = capsys.readouterr().out
     assert code == 0
     assert "RAW" in printed and "2 loss" in printed and "1 teacher" in printed and "no EMA" in printed
@@ -182,7 +182,7 @@ def test_cli_round_trip(tmp_path, capsys):
         assert torch.equal(loaded.decode_codes(a.codes, a.assign), direct.decode_codes(b.codes, b.assign))
 
     # converting again into the same folder replaces it; a foreign folder is refused
-    assert cli_main(["convert-official", str(ckpt), "--config", str(DATA / "G" / "config.json"),
+    assert cli_main(["convert-official", str(ckpt), "--authors-config", str(DATA / "G" / "config.json"),
                      "--out", str(out), "--weights", "raw"]) == 0
     foreign = tmp_path / "foreign"
     foreign.mkdir()
@@ -196,7 +196,7 @@ def test_cli_reads_safetensors_and_reports_a_bad_key(tmp_path, capsys):
     state = _state("R")
     path = tmp_path / "r.safetensors"
     save_file({**state, "encoder.attn.blocks.0.attn.q_bias": torch.zeros(32)}, str(path))
-    code = cli_main(["convert-official", str(path), "--config", str(DATA / "R" / "config.json"),
+    code = cli_main(["convert-official", str(path), "--authors-config", str(DATA / "R" / "config.json"),
                      "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "encoder.attn.blocks.0.attn.q_bias" in err and "\n" not in err

@@ -3,6 +3,11 @@
 This package is the only place that reads argv or YAML. Each subcommand lives in its own module with
 ``add_parser(subparsers)`` and ``run(args) -> int``. User errors (``MergeVQError``, ``DataError``)
 are printed as one line without a traceback; set ``MERGEVQ_DEBUG=1`` to see the traceback.
+
+One vocabulary everywhere (:mod:`mergevq.cli.common`): ``--config`` the task config, ``--out`` the output
+folder, and ``--batch-size``, ``--num-workers``, ``--devices``, ``--accelerator``, ``--precision``,
+``--seed`` each setting one config key of the subcommand; ``GROUP=NAME`` (e.g. ``data=folder``) picks
+``configs/GROUP/NAME.yaml`` (:func:`mergevq.config.load_with_origins`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """``mergevq convert-official``: an authors' MergeVQ tokenizer checkpoint as a ``from_pretrained`` folder.
 
     mergevq convert-official CKPT --variant {G_d32,G_d64,GR_d32,GR_d64,GR_d96,R} --out DIR [--weights auto|ema|raw]
-    mergevq convert-official CKPT --config AUTHORS_CONFIG --out DIR [--weights auto|ema|raw]
+    mergevq convert-official CKPT --authors-config AUTHORS_CONFIG --out DIR [--weights auto|ema|raw]
 
 CKPT: a checkpoint of the authors' ``MergeVQModel`` (their Lightning ``.ckpt``, a bare state dict in a
 torch file, or a ``.safetensors`` state dict). It is read weights-only: tensors and plain values, never
@@ -10,7 +10,7 @@ default); ``ema`` insists on the EMA copy, ``raw`` takes the raw weights. The di
 DINOv2 teacher entries are dropped and counted; any other key that does not fit the variant is an error.
 
 --variant names one of the authors' six released configurations (our preset of that name, with
-``recovery_depth=0``: decoding needs the merge assignment that ``encode`` returns). --config takes the
+``recovery_depth=0``: decoding needs the merge assignment that ``encode`` returns). --authors-config takes the
 authors' own description instead: their training / eval YAML (its ``model.init_args``), or a JSON
 with ``constructor_args`` (the reference generator's ``config.json``), ``init_args`` or a bare
 ``ddconfig``; its ``merge_num`` sets the nominal K.
@@ -33,9 +33,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("checkpoint", metavar="CKPT", help="the authors' checkpoint (.ckpt / .pt / .safetensors)")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--variant", choices=VARIANTS, help="the authors' released configuration it was trained with")
-    which.add_argument("--config", metavar="AUTHORS_CONFIG",
+    # not --config: that names a mergevq task config in every other subcommand
+    which.add_argument("--authors-config", dest="authors_config", metavar="AUTHORS_CONFIG",
                        help="the authors' YAML (model.init_args) or a JSON with constructor_args / ddconfig")
-    parser.add_argument("--out", required=True, help="output folder: new, empty or an earlier convert-official output")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder: new, empty or an earlier convert-official output")
     parser.add_argument("--weights", choices=("auto", "ema", "raw"), default="auto",
                         help="auto (default): EMA weights when present, else raw; ema: require them; raw")
     parser.set_defaults(run=run)
@@ -74,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
     from mergevq.tokenizer.model import CONFIG_FILE, WEIGHTS_FILE, MergeVQ
     from mergevq.tokenizer.official import convert_state_dict, resolve_config
 
-    config = resolve_config(args.variant) if args.variant else read_official_config(args.config)
-    settings = {"checkpoint": str(args.checkpoint), "variant": args.variant, "config": args.config,
+    config = resolve_config(args.variant) if args.variant else read_official_config(args.authors_config)
+    settings = {"checkpoint": str(args.checkpoint), "variant": args.variant, "authors_config": args.authors_config,
                 "weights": args.weights}
     plan = plan_output_dir(args.out, command=COMMAND, settings=settings, patterns=[CONFIG_FILE, WEIGHTS_FILE],
                            resumable=False)  # refuse a foreign folder before the slow read
@@ -85,6 +86,6 @@ def run(args: argparse.Namespace) -> int:
     model.load_state_dict(converted.state_dict, strict=True, assign=True)
     plan.apply()
     directory = model.save_pretrained(args.out)
-    print(f"converted {args.checkpoint} ({args.variant or args.config}): {converted.summary()}")
+    print(f"converted {args.checkpoint} ({args.variant or args.authors_config}): {converted.summary()}")
     print(f"wrote {directory}")
     return 0

@@ -20,7 +20,10 @@ same seeds again with the full cache: ``mergear_metrics.json`` reports the KV en
 the tokens/s of both.
 
 Overrides (``KEY=VALUE``) apply to the Stage 1 config, e.g. ``trainer.max_steps=20`` for a quick run;
-``--ar-set KEY=VALUE`` (repeatable) applies to the MergeAR config.
+``--ar-set KEY=VALUE`` (repeatable) applies to the MergeAR config. ``--seed N`` sets ``run.seed`` of
+both stages (the training order, flips and initialisation; the demo crops themselves are chosen by
+``demo_data.seed``). Every composed config file is printed (``config: /abs/path``) and recorded in
+``demo_data.json``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,11 @@ import argparse
 import json
 import time
 from pathlib import Path
+
+from mergevq.cli.common import FlagKeys, add_common_flags, flag_overrides
+
+# --seed: the run seed of both stages (each stage's config has run.seed)
+FLAG_KEYS = FlagKeys(seed="run.seed")
 
 
 # What the demo writes into --out (a re-run removes exactly these before it starts).
@@ -39,8 +47,8 @@ DEMO_ENTRIES = ("demo_data.png", "demo_data.json", "tokenizer_run", "k_sweep.md"
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="run the CPU demo end to end on the embedded demo images",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    parser.add_argument("--config", default="demo/tokenizer.yaml",
+    parser.add_argument("--out", default="demo_out", metavar="DIR", help="output folder (default: demo_out)")
+    parser.add_argument("--config", default="demo/tokenizer.yaml", metavar="NAME|FILE",
                         help="demo config (data + Stage 1 run), a path or a name under configs/ "
                              "(default: demo/tokenizer.yaml)")
     parser.add_argument("--threads", type=int, default=None,
@@ -63,9 +71,17 @@ def add_parser(subparsers) -> None:
                         help="classifier-free guidance scale for the demo samples (default: 2.0)")
     parser.add_argument("--temperature", type=float, default=0.7,
                         help="sampling temperature for the demo samples (default: 0.7; 0 = greedy)")
+    add_common_flags(parser, keys=FLAG_KEYS)
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. demo_data.resolution=64")
     parser.set_defaults(run=run, trailing_items="overrides")
+
+
+def stage_overrides(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The overrides of the Stage 1 config (KEY=VALUE items) and of the MergeAR config (--ar-set), each
+    followed by the common flags' keys (they win)."""
+    flags = flag_overrides(args, FLAG_KEYS)
+    return [*args.overrides, *flags], [*args.ar_set, *flags]
 
 
 def _epoch(loader) -> dict:
@@ -97,17 +113,19 @@ def _per_class_picture(train, validation, *, per_row_train: int = 8, per_row_val
 
 
 def run(args: argparse.Namespace) -> int:
+    from mergevq.cli.common import print_config_files
     from mergevq.config import load_with_origins
+    from mergevq.outputs import claim_output_dir
     from mergevq.paths import resolve_config
     from mergevq.visual import save_png
 
-    from mergevq.outputs import claim_output_dir
-
     out = Path(args.out)
     start = time.perf_counter()
-    loaded = load_with_origins([resolve_config(args.config)], args.overrides)
+    overrides, _ = stage_overrides(args)
+    loaded = load_with_origins([resolve_config(args.config)], overrides)
+    print_config_files(loaded.files)
     # A re-run replaces its own earlier output (and only that); any other non-empty folder is refused.
-    claim_output_dir(out, command="demo", settings={"config": str(args.config), "overrides": list(args.overrides)},
+    claim_output_dir(out, command="demo", settings={"config": str(args.config), "overrides": overrides},
                      patterns=DEMO_ENTRIES, resumable=False)
     loaded.validate("data")
     datamodule = loaded.instantiate("data")
@@ -118,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
 
     metrics = {
         "config": str(resolve_config(args.config)),
+        "config_files": list(loaded.files),
         "classes": list(train.classes),
         "resolution": int(train.images.shape[1]),
         "build_seconds": round(build_s, 3),
@@ -158,7 +177,7 @@ def _stage1(args: argparse.Namespace, out: Path, validation):
         torch.set_num_threads(args.threads)
     networks = load_eval_networks(rfid=args.rfid)
     images = torch.from_numpy(validation.images).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (N, 3, H, W)
-    stage = run_tokenizer_stage(config=resolve_config(args.config), overrides=list(args.overrides), out=out,
+    stage = run_tokenizer_stage(config=resolve_config(args.config), overrides=stage_overrides(args)[0], out=out,
                                 validation_images=images, networks=networks)
     evaluation, cfg = stage.evaluation, stage.tokenizer.config
     table = evaluation.markdown_table()
@@ -198,7 +217,7 @@ def _stage2(args: argparse.Namespace, out: Path, tokenizer, loaded, *, classes: 
     node["params"]["flip"] = False
     plain = instantiate(OmegaConf.create(node), key="data.params.train", origins=loaded.origins)
     stage = run_generator_stage(tokenizer=tokenizer, train_images=plain, class_names=classes,
-                                config=resolve_config(args.ar_config), overrides=list(args.ar_set), out=out,
+                                config=resolve_config(args.ar_config), overrides=stage_overrides(args)[1], out=out,
                                 samples_per_class=args.samples_per_class, cfg_scale=args.cfg_scale,
                                 temperature=args.temperature)
     c, f = stage.compressed, stage.full

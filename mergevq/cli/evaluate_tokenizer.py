@@ -1,17 +1,22 @@
 """``mergevq evaluate-tokenizer``: rFID, PSNR, SSIM, LPIPS, codebook usage and images/s of a trained
 tokenizer over a validation set, for a sweep of kept-token counts K (DESIGN §6).
 
-    mergevq evaluate-tokenizer [--num-keep 256,196,144] [--folder PATH | --demo] [--out DIR] [--raw]
-                               TOKENIZER [CONFIG ...] [KEY=VALUE ...]
+    mergevq evaluate-tokenizer [--num-keep 256,196,144] [--folder PATH | --demo] [--config NAME] [--out DIR]
+                               [--raw] [--batch-size N] [--num-workers N] [--devices N] [--accelerator A]
+                               [--precision P] TOKENIZER [CONFIG ...] [data=NAME] [KEY=VALUE ...]
 
 (options may come anywhere; KEY=VALUE overrides may also follow them.)
 
 TOKENIZER: an exported folder, a ``mergevq train`` run directory (newest checkpoint, EMA weights
-unless --raw) or a checkpoint file. The data and settings come from ``configs/evaluation/
-tokenizer.yaml`` (ImageNet val: set data.params.validation.params.root=PATH), ``tokenizer_folder.yaml``
-(--folder PATH) or ``tokenizer_demo.yaml`` (--demo); further CONFIG files are merged after it and
-KEY=VALUE overrides come last (eval.batch_size=64, eval.max_images=1000, eval.rfid=false,
-eval.inception_weights=FILE, eval.lpips_weights=FILE, eval.precision=bf16-mixed, eval.protocol=official ...).
+unless --raw) or a checkpoint file. The task config is ``configs/evaluation/tokenizer.yaml``
+(``--config`` names another); the data set is a config group: ImageNet val by default (set
+data.params.validation.params.root=PATH), ``data=folder`` (``--folder PATH`` also sets the root),
+``data=demo`` (``--demo`` also takes ``evaluation/tokenizer_demo``: the tiny tokenizers' K sweep on the
+CPU) or ``data=NAME`` for your own ``configs/data/NAME.yaml``. Further CONFIG files are merged after it
+and KEY=VALUE overrides come last (eval.batch_size=64, eval.max_images=1000, eval.rfid=false,
+eval.inception_weights=FILE, eval.lpips_weights=FILE, eval.precision=bf16-mixed, eval.protocol=official
+...); the common flags (--batch-size ...) set the eval key their help names and win over both. Every
+composed config file is printed (``config: /abs/path``) and recorded in the JSON.
 
 eval.protocol: ``ours`` (default): per-image PSNR / SSIM on the float reconstructions, rFID with
 torch-fidelity on uint8-rounded images. ``official``: in addition, PSNR / SSIM / rFID computed the way
@@ -20,7 +25,7 @@ eval.official_batch_size images on truncated 8-bit images, rFID on float images 
 pytorch-fid) as ``psnr_official`` / ``ssim_official`` / ``rfid_official``, from the same
 reconstructions in the same pass; our rFID is then not computed (one Inception pass).
 
-Writes ``tokenizer_eval.json`` (every number, the settings, the tokenizer source) and
+Writes ``tokenizer_eval.json`` (every number, the settings, the tokenizer source, the config files) and
 ``tokenizer_eval.md`` (one row per K) into --out (default: ``eval_tokenizer/`` next to the
 tokenizer) and prints the table. --out must be new, empty or an earlier evaluate-tokenizer output
 (replaced once the new numbers are ready); another folder or a file is refused before any work.
@@ -36,10 +41,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EvalSetup", "add_parser", "check_eval_protocol", "default_out_dir", "prepare_eval", "run", "run_settings"]
+from mergevq.cli.common import FlagKeys, add_common_flags, flag_overrides
 
-CONFIGS = {"imagenet": "evaluation/tokenizer", "folder": "evaluation/tokenizer_folder",
-           "demo": "evaluation/tokenizer_demo"}
+__all__ = ["EvalSetup", "FLAG_KEYS", "add_parser", "check_eval_protocol", "config_request", "default_out_dir",
+           "prepare_eval", "run", "run_settings"]
+
+DEFAULT_CONFIG = "evaluation/tokenizer"
+DEMO_CONFIG = "evaluation/tokenizer_demo"  # --demo without --config: the tiny tokenizers' settings
+FLAG_KEYS = FlagKeys(batch_size="eval.batch_size", num_workers="eval.num_workers", devices="eval.devices",
+                     accelerator="eval.accelerator", precision="eval.precision")
 JSON_FILE = "tokenizer_eval.json"
 TABLE_FILE = "tokenizer_eval.md"
 
@@ -48,23 +58,42 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments shared with ``mergevq reconstruct``."""
     parser.add_argument("tokenizer", metavar="TOKENIZER",
                         help="exported tokenizer folder, mergevq train run directory or checkpoint file")
-    parser.add_argument("items", nargs="*", metavar="CONFIG|KEY=VALUE",
-                        help="extra config files (merged after the data set's), then overrides such as "
-                             "eval.batch_size=64")
+    parser.add_argument("items", nargs="*", metavar="CONFIG|GROUP=NAME|KEY=VALUE",
+                        help="extra config files (merged after the task config), then data=NAME and overrides "
+                             "such as eval.batch_size=64")
+    parser.add_argument("--config", default=None, metavar="NAME|FILE",
+                        help=f"the task config (default: {DEFAULT_CONFIG}; with --demo: {DEMO_CONFIG})")
     parser.add_argument("--num-keep", default=None, metavar="K[,K...]",
                         help="kept-token counts to sweep, e.g. 256,196,144 (default: eval.num_keep)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--folder", default=None, metavar="PATH",
-                        help="evaluate this folder of images (configs/evaluation/tokenizer_folder.yaml)")
+                        help="evaluate this folder of images (data=folder data.params.validation.params.root=PATH)")
     source.add_argument("--demo", action="store_true",
-                        help="the embedded 32 px demo crops (configs/evaluation/tokenizer_demo.yaml)")
+                        help=f"the embedded 32 px demo crops (data=demo, and --config {DEMO_CONFIG} unless given)")
     parser.add_argument("--raw", action="store_true", help="a run directory's raw weights instead of the EMA")
+    add_common_flags(parser, keys=FLAG_KEYS)
+
+
+def config_request(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """The config names (the task config, then the extra CONFIGs) and the overrides (the data choice of
+    --demo / --folder, the user's items, then the common flags' keys)."""
+    from mergevq.cli.train import split_items
+
+    configs, overrides = split_items(list(args.items))
+    task = args.config or (DEMO_CONFIG if args.demo else DEFAULT_CONFIG)
+    chosen = []
+    if args.demo:
+        chosen = ["data=demo"]
+    elif args.folder is not None:
+        chosen = ["data=folder", f"data.params.validation.params.root={args.folder}"]
+    return [task, *configs], [*chosen, *overrides, *flag_overrides(args, FLAG_KEYS)]
 
 
 def run_settings(args: argparse.Namespace) -> dict[str, Any]:
     """What the command line asked for, recorded in the output folder's claim (mergevq.outputs)."""
+    configs, overrides = config_request(args)
     return {"tokenizer": str(Path(args.tokenizer).expanduser().resolve()), "raw": bool(args.raw),
-            "num_keep": args.num_keep, "folder": args.folder, "demo": bool(args.demo), "items": list(args.items)}
+            "num_keep": args.num_keep, "configs": configs, "overrides": overrides}
 
 
 def add_parser(subparsers) -> None:
@@ -72,7 +101,8 @@ def add_parser(subparsers) -> None:
         "evaluate-tokenizer", help="rFID / PSNR / SSIM / LPIPS / codebook usage over a K sweep",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(parser)
-    parser.add_argument("--out", default=None, help="output folder (default: eval_tokenizer/ next to TOKENIZER)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="output folder (default: eval_tokenizer/ next to TOKENIZER)")
     parser.set_defaults(run=run, trailing_items="items")
 
 
@@ -103,7 +133,7 @@ def prepare_eval(args: argparse.Namespace) -> EvalSetup:
     from torch.utils.data import Subset
 
     from mergevq.backend import select_backend
-    from mergevq.cli.train import split_items
+    from mergevq.cli.common import print_config_files
     from mergevq.config import load_with_origins
     from mergevq.distributed import init_from_env
     from mergevq.errors import ConfigError
@@ -111,11 +141,8 @@ def prepare_eval(args: argparse.Namespace) -> EvalSetup:
     from mergevq.paths import resolve_config
     from mergevq.training.export import load_tokenizer
 
-    configs, overrides = split_items(list(args.items))
-    base = CONFIGS["demo" if args.demo else "folder" if args.folder is not None else "imagenet"]
-    files = [resolve_config(base), *(resolve_config(c) for c in configs)]
-    if args.folder is not None:
-        overrides = [f"data.params.validation.params.root={args.folder}", *overrides]
+    configs, overrides = config_request(args)
+    files = [resolve_config(c) for c in configs]
     loaded = load_with_origins(files, overrides)
     settings = OmegaConf.to_container(loaded.select("eval"), resolve=True)
     check_eval_protocol(settings)
@@ -123,6 +150,7 @@ def prepare_eval(args: argparse.Namespace) -> EvalSetup:
     backend = select_backend(accelerator=str(settings["accelerator"]), precision=str(settings["precision"]),
                              devices=settings["devices"])
     context = init_from_env(backend=backend.ddp_process_group_backend)
+    print_config_files(loaded.files, is_main=context.is_main)
     device = backend.device(context.local_rank)
     model = load_tokenizer(args.tokenizer, raw=args.raw).to(device)
     resolution = settings["resolution"]

@@ -1,7 +1,8 @@
 """``mergevq extract-codes``: the Stage 2 training data (DESIGN §5 "Training data").
 
-    mergevq extract-codes TOKENIZER OUT_DIR [KEY=VALUE ...] [--config NAME | --demo | --folder PATH]
-                          [--raw] [--overwrite]
+    mergevq extract-codes TOKENIZER [OUT_DIR] [data=NAME] [KEY=VALUE ...] [--out OUT_DIR] [--config NAME]
+                          [--demo | --folder PATH] [--raw] [--overwrite] [--batch-size N] [--num-workers N]
+                          [--accelerator A] [--precision P] [--seed N]
 
 Runs TOKENIZER (an exported folder, a ``mergevq train`` run directory or a checkpoint; EMA weights
 unless --raw) once over a data set and writes OUT_DIR: per image its class label, a kept-token count
@@ -10,10 +11,16 @@ count) and the expanded raster index sequence t_1..t_L (int32), with ``extract.f
 flipped image's; one shard file set per process and ``manifest.json`` (tokenizer id, L, grid, bit
 split, K distribution), read by ``mergevq.data.codes.CodesDataset``.
 
-The data set: ImageNet train (``--config extract/imagenet``, the default; set
-``data.params.train.params.root=PATH``), any image folder (``--folder PATH``) or the demo crops
-(``--demo``). Settings are the ``extract`` keys of configs/extract/base.yaml, e.g.
-``extract.seed=1 extract.flip=false extract.k_candidates=[144,256] extract.batch_size=128``.
+OUT_DIR: ``--out OUT_DIR`` or the second positional argument. The task config is
+configs/extract/base.yaml (``--config`` names another). The data set is a config group: ImageNet train by
+default (set ``data.params.train.params.root=PATH``), ``data=folder`` (``--folder PATH`` also sets the
+root), ``data=demo`` (``--demo``, also ``extract.num_workers=0``: the crops are in memory) or
+``data=NAME`` for your own ``configs/data/NAME.yaml``. Settings are the ``extract`` keys, e.g.
+``extract.seed=1 extract.flip=false extract.k_candidates=[144,256] extract.batch_size=128``; the common
+flags (--batch-size, --num-workers, --accelerator, --precision, --seed) set the extract key their help
+names and win over KEY=VALUE. Every composed config file is printed (``config: /abs/path``); the
+manifest records the resolved data set node (not the file paths: it is compared on re-runs, and the same
+data set read through another checkout is the same extraction).
 
 Re-running the same command is a no-op (an interrupted run resumes at the missing shards); OUT_DIR
 written with another tokenizer, K candidates, seed, flip or data set is refused unless --overwrite
@@ -26,15 +33,16 @@ Options may come anywhere; KEY=VALUE overrides may also follow them.
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-_DEFAULT_CONFIG = "extract/imagenet"
-_DEMO_CONFIG = "extract/demo"
-_FOLDER_CONFIG = "extract/folder"
+from mergevq.cli.common import FlagKeys, add_common_flags, flag_overrides
+
+DEFAULT_CONFIG = "extract/base"
+DEMO_OVERRIDES = ("data=demo", "extract.num_workers=0")  # --demo: the crops are in memory, no workers needed
+FLAG_KEYS = FlagKeys(batch_size="extract.batch_size", num_workers="extract.num_workers",
+                     accelerator="extract.accelerator", precision="extract.precision", seed="extract.seed")
 _DATA_NODE = "data.params.train"
 
 
@@ -43,18 +51,23 @@ def add_parser(subparsers) -> None:
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("tokenizer", metavar="TOKENIZER",
                         help="exported tokenizer folder, mergevq train run directory or checkpoint file")
-    parser.add_argument("out_dir", metavar="OUT_DIR", help="output folder of the codes (shards + manifest.json)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides, e.g. extract.seed=1 data.params.train.params.root=/data/imagenet")
+    parser.add_argument("out_dir", nargs="?", default=None, metavar="OUT_DIR",
+                        help="output folder of the codes (shards + manifest.json); or --out")
+    parser.add_argument("overrides", nargs="*", metavar="GROUP=NAME|KEY=VALUE",
+                        help="data=NAME and config overrides, e.g. extract.seed=1 "
+                             "data.params.train.params.root=/data/imagenet")
+    parser.add_argument("--out", default=None, metavar="OUT_DIR", help="output folder (the positional OUT_DIR)")
+    parser.add_argument("--config", default=None, metavar="NAME|FILE",
+                        help=f"the task config, a path or a name under configs/ (default: {DEFAULT_CONFIG})")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--config", default=None,
-                        help=f"extraction config, a path or a name under configs/ (default: {_DEFAULT_CONFIG})")
-    source.add_argument("--demo", action="store_true", help=f"the embedded demo crops ({_DEMO_CONFIG})")
+    source.add_argument("--demo", action="store_true", help=f"the embedded demo crops ({' '.join(DEMO_OVERRIDES)})")
     source.add_argument("--folder", default=None, metavar="PATH",
-                        help=f"any folder of images; class sub-folders give labels ({_FOLDER_CONFIG})")
+                        help="any folder of images; class sub-folders give labels "
+                             "(data=folder data.params.train.params.root=PATH)")
     parser.add_argument("--raw", action="store_true", help="a run directory / checkpoint's raw weights instead of the EMA")
     parser.add_argument("--overwrite", "--force", dest="overwrite", action="store_true",
                         help="replace codes in OUT_DIR written by another extraction (--force: the old name)")
+    add_common_flags(parser, keys=FLAG_KEYS)
     parser.set_defaults(run=run, trailing_items="overrides")
 
 
@@ -95,46 +108,48 @@ class ExtractSettings:
                    accelerator=str(node["accelerator"]), precision=str(node["precision"]))
 
 
-def _config_and_overrides(args: argparse.Namespace, image_size: int) -> tuple[str, list[str]]:
-    """The config file and the overrides: the tokenizer's image size first, the user's last (they win)."""
-    from mergevq.paths import resolve_config
+def out_dir_and_overrides(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """OUT_DIR (``--out`` or the positional) and the user's overrides. With ``--out``, a positional
+    item holding '=' is the first override (argparse gives the first positional to OUT_DIR)."""
+    from mergevq.errors import ConfigError
 
+    overrides = list(args.overrides)
+    positional = args.out_dir
+    if args.out is not None:
+        if positional is not None and "=" not in positional:
+            raise ConfigError(f"OUT_DIR given twice: --out {args.out} and {positional}; give one")
+        if positional is not None:
+            overrides.insert(0, positional)
+        out = args.out
+    elif positional is None or "=" in positional:
+        raise ConfigError("give the output folder: --out OUT_DIR (or TOKENIZER OUT_DIR)")
+    else:
+        out = positional
+    bad = [item for item in overrides if "=" not in item]
+    if bad:
+        raise ConfigError(f"expected KEY=VALUE overrides after TOKENIZER OUT_DIR, got {' '.join(bad)}")
+    return out, overrides
+
+
+def config_request(args: argparse.Namespace, image_size: int) -> tuple[str, list[str]]:
+    """The task config and the overrides: the tokenizer's image size and the data choice first, the
+    user's next, the common flags last (they win)."""
+    _, user = out_dir_and_overrides(args)
     overrides = [f"extract.image_size={image_size}"]
     if args.demo:
-        name = _DEMO_CONFIG
+        overrides += list(DEMO_OVERRIDES)
     elif args.folder is not None:
-        name = _FOLDER_CONFIG
-        overrides.append(f"{_DATA_NODE}.params.root={args.folder}")
-    else:
-        name = args.config or _DEFAULT_CONFIG
-    bad = [item for item in args.overrides if "=" not in item]
-    if bad:
-        from mergevq.errors import ConfigError
-
-        raise ConfigError(f"expected KEY=VALUE overrides after TOKENIZER OUT_DIR, got {' '.join(bad)}")
-    return str(resolve_config(name)), overrides + list(args.overrides)
-
-
-class _Progress:
-    """A line on stderr every ~10% of this process's images (rank 0 only)."""
-
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-        self.next_report = 0.1
-
-    def __call__(self, done: int, total: int) -> None:
-        if total and (done / total >= self.next_report or done == total):
-            rate = done / max(time.perf_counter() - self.started, 1e-9)
-            print(f"extract-codes: {done}/{total} images ({rate:.1f} images/s)", file=sys.stderr, flush=True)
-            while self.next_report <= done / total:
-                self.next_report += 0.1
+        overrides += ["data=folder", f"{_DATA_NODE}.params.root={args.folder}"]
+    return args.config or DEFAULT_CONFIG, [*overrides, *user, *flag_overrides(args, FLAG_KEYS)]
 
 
 def run(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
     from mergevq.backend import select_backend
+    from mergevq.cli.common import print_config_files
     from mergevq.config import load_with_origins
+    from mergevq.paths import resolve_config
     from mergevq.distributed import init_from_env, shutdown
     from mergevq.inference.extract_codes import OUTPUT_PATTERNS, extract_codes
     from mergevq.outputs import plan_output_dir
@@ -143,26 +158,28 @@ def run(args: argparse.Namespace) -> int:
     # Before any work, on every rank: OUT_DIR is new, empty or a codes folder (also one written before
     # folders were claimed). The manifest decides reuse (it compares the request), so the claim
     # records no settings and an interrupted extraction always resumes.
-    plan = plan_output_dir(args.out_dir, command="extract-codes", settings={}, patterns=OUTPUT_PATTERNS,
+    out_dir, _ = out_dir_and_overrides(args)
+    plan = plan_output_dir(out_dir, command="extract-codes", settings={}, patterns=OUTPUT_PATTERNS,
                            resumable=True, overwrite=args.overwrite, flag="OUT_DIR", accept_unmarked=True)
     model = load_tokenizer(args.tokenizer, raw=args.raw)  # CPU, eval mode
-    config_file, overrides = _config_and_overrides(args, model.config.image_size)
-    loaded = load_with_origins([config_file], overrides)
+    config_name, overrides = config_request(args, model.config.image_size)
+    loaded = load_with_origins([resolve_config(config_name)], overrides)
     settings = ExtractSettings.from_node(OmegaConf.to_container(loaded.select("extract"), resolve=True),
                                          source=loaded.origin("extract"))
     backend = select_backend(accelerator=settings.accelerator, precision=settings.precision)
     ctx = init_from_env(backend=backend.ddp_process_group_backend)
     try:
         plan.apply_on_main(is_main=ctx.is_main)
+        print_config_files(loaded.files, is_main=ctx.is_main)
         device = backend.device(ctx.local_rank)
         dataset = loaded.instantiate(_DATA_NODE)
         description = OmegaConf.to_container(loaded.select(_DATA_NODE), resolve=True)
         result = extract_codes(
-            model.to(device).eval(), dataset, out_dir=args.out_dir, k_candidates=settings.k_candidates,
+            model.to(device).eval(), dataset, out_dir=out_dir, k_candidates=settings.k_candidates,
             seed=settings.seed, flip=settings.flip, batch_size=settings.batch_size,
             num_workers=settings.num_workers, device=device, autocast_dtype=backend.autocast_dtype,
             dist=ctx, dataset_description=description, force=args.overwrite,
-            progress=_Progress() if ctx.is_main else None,
+            progress=None,
         )
         if ctx.is_main:
             _print(result, world_size=ctx.world_size)

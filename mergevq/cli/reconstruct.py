@@ -1,11 +1,13 @@
 """``mergevq reconstruct``: original / reconstruction PNG pairs and merge-group pictures of a tokenizer
 at given K values (DESIGN §6).
 
-    mergevq reconstruct --out OUT_DIR [--num-keep 144,64] [--folder PATH | --demo] [--raw]
-                        [--group-scale N] TOKENIZER [CONFIG ...] [KEY=VALUE ...]
+    mergevq reconstruct --out OUT_DIR [--num-keep 144,64] [--folder PATH | --demo] [--config NAME] [--raw]
+                        [--group-scale N] [--batch-size N] [--num-workers N] [--devices N] [--accelerator A]
+                        [--precision P] TOKENIZER [CONFIG ...] [data=NAME] [KEY=VALUE ...]
 
-Data and settings as ``mergevq evaluate-tokenizer`` (configs/evaluation/tokenizer*.yaml; --folder
-PATH for any folder of images; eval.max_images=N for the first N only). OUT_DIR receives
+Data and settings as ``mergevq evaluate-tokenizer`` (task config configs/evaluation/tokenizer.yaml, the
+data set a config group: data=folder or --folder PATH for any folder of images, data=demo or --demo;
+eval.max_images=N for the first N only; the common flags set the eval keys their help names). OUT_DIR receives
 ``original/<name>.png``, ``K<k>/<name>.png`` and ``groups_K<k>/<name>.png`` (one colour per kept
 token). ``original/`` and ``K<k>/`` are matching PNG folders that any folder-based FID tool reads.
 

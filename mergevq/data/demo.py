@@ -44,6 +44,7 @@ from torch.utils.data import Dataset
 
 from mergevq.fileio import atomic_write
 from mergevq.paths import cache_root
+from taming.data.base import UNLABELLED
 
 __all__ = [
     "DEMO_PHOTOS",
@@ -392,15 +393,23 @@ class DemoImages(Dataset):
 
     Item: ``{"image": float32 (3, H, W) in [-1, 1], "class_label": int64 scalar tensor,
     "index": int}``. ``classes`` lists the photo names (class id = position), ``num_classes`` = 10.
-    ``flip`` mirrors an item horizontally with probability 1/2, drawn from the generator given to
-    :meth:`get` (the global torch RNG through ``dataset[i]``).
+
+    The data-set keys a task config sets for every data set mean what they mean for
+    ``taming.data.folder.ImageFolder``: ``size`` the side of the square crops (the cached build is
+    made at that size); ``flip`` mirrors an item horizontally with probability 1/2, drawn from the
+    generator given to :meth:`get` (the global torch RNG through ``dataset[i]``); ``labels`` false
+    gives every item the label -1 (unlabelled), null / true the photo's class. ``views`` and
+    ``random_crop`` exist so that one task config fits every data set: the demo crops are cut once,
+    at build time, and have no teacher / student views, so only false is accepted.
+    ``resolution`` is the earlier name of ``size`` (give one of them).
     """
 
     def __init__(
         self,
         *,
         split: str,
-        resolution: int = 32,
+        size: int | None = None,
+        resolution: int | None = None,
         train_per_photo: int = 200,
         val_per_photo: int = 20,
         seed: int = 0,
@@ -409,18 +418,32 @@ class DemoImages(Dataset):
         val_fraction: float = 0.25,
         cache_dir: str | None = None,
         flip: bool = False,
+        views: bool = False,
+        random_crop: bool = False,
+        labels: bool | None = None,
     ) -> None:
         _split_index(split)  # validate before the (possibly slow) build
+        if size is not None and resolution is not None and size != resolution:
+            raise ValueError(f"size={size} and resolution={resolution} disagree: resolution is the earlier "
+                             "name of size; give only size")
+        if views:
+            raise ValueError("views=true: the demo crops have no teacher / student views; set views: false")
+        if random_crop:
+            raise ValueError("random_crop=true: the demo crops are cut once when the set is built "
+                             "(demo_data.seed chooses them); set random_crop: false")
+        side = size if size is not None else resolution if resolution is not None else 32
         arrays = load_demo_arrays(
-            resolution=resolution, train_per_photo=train_per_photo, val_per_photo=val_per_photo,
+            resolution=side, train_per_photo=train_per_photo, val_per_photo=val_per_photo,
             seed=seed, min_scale=min_scale, max_scale=max_scale, val_fraction=val_fraction,
             cache_dir=cache_dir,
         ).select(split)
         self.split = split
-        self.resolution = resolution
+        self.size = side
+        self.resolution = side
         self.flip = flip
         self.images = arrays.images  # uint8 (N, H, W, 3)
         self.labels = arrays.labels  # int64 (N,)
+        self.unlabelled = labels is False
         self.boxes = arrays.boxes  # int64 (N, 4) x0, y0, x1, y1 in source-photo pixels
         self.classes: list[str] = list(arrays.photos)
         self.num_classes = len(self.classes)
@@ -439,6 +462,6 @@ class DemoImages(Dataset):
             image = image.flip(-1)
         return {
             "image": image,
-            "class_label": torch.tensor(int(self.labels[index]), dtype=torch.int64),
+            "class_label": torch.tensor(UNLABELLED if self.unlabelled else int(self.labels[index]), dtype=torch.int64),
             "index": int(index),
         }
