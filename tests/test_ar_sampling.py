@@ -103,6 +103,6 @@ def test_bad_settings_are_rejected(model):
         SamplingSettings(cfg_schedule="cosine")
     with pytest.raises(ValueError, match="top_p"):
         SamplingSettings(top_p=0.0)
-    with pytest.raises(ValueError, match="one value per sub-token"):
+    with pytest.raises(ValueError, match="cfg_scale has 3 values .* 2 sub-tokens: give one value, or one value per"):
         generate(model, labels=torch.tensor([1]), num_keep=4, seeds=torch.tensor([0]),
-                 settings=SamplingSettings(cfg_scale=(2.0,)))
+                 settings=SamplingSettings(cfg_scale=(2.0, 2.0, 2.0)))

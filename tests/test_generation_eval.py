@@ -12,6 +12,7 @@ three and checks everything else on features and statistics.
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -282,3 +283,23 @@ def test_two_processes_extract_the_features_of_one(gen_setup, tmp_path):
         out = torch.load(tmp_path / f"rank{rank}.pt")
         assert out["skipped"] == 1
         torch.testing.assert_close(out["pool"], single.pool)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["eval.batch_size=0"], r"eval.batch_size=0: expected >= 1 \(--batch-size\)"),
+    (["--kid-subset-size", "1"], r"eval.kid_subset_size=1: expected >= 2"),
+    (["eval.ref=null"], r"eval.ref is not set: pass --ref REF"),
+    (["--devices", "4"], r"--devices 4 \(eval.devices\) but 1 process\(es\) run on this node"),
+    (["eval.batch_sise=4"], r"eval.batch_sise"),
+], ids=["batch_key", "kid_flag", "no_ref", "devices", "typo"])
+def test_cli_settings_are_config_keys(tmp_path, capsys, monkeypatch, extra, message):
+    """issue 13: every option is a key of configs/evaluation/generation.yaml; a bad value is one line,
+    before any input or weights are read."""
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    args = ["evaluate-generation", str(tmp_path / "missing"), *extra]
+    if "eval.ref=null" not in extra:
+        args += ["--ref", str(tmp_path / "missing_ref")]
+    assert main(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mergevq evaluate-generation: error:"), lines
+    assert re.search(message, lines[0]), lines[0]

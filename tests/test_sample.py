@@ -56,6 +56,12 @@ CPU = torch.device("cpu")
 SETTINGS = SamplingSettings(cfg_scale=(2.0, 1.5), temperature=1.0, top_k=20)
 
 
+@pytest.fixture(autouse=True)
+def _no_progress_bars(monkeypatch):
+    """stderr holds the error lines these tests read; the progress bar has its own test."""
+    monkeypatch.setenv("MERGEVQ_PROGRESS", "0")
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """Exported tiny MergeAR (10 classes) and tiny-GR tokenizer (32 px, 4 x 4 grid: L = 16 keeps the
@@ -330,20 +336,25 @@ def test_cli_output_folder_rules(models, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--cfg-scale", "1", "2", "3"], "--cfg-scale takes 1 or 2 values"),
+        (["--cfg-scale", "1", "2", "3"], r"--cfg-scale \(sample.cfg_scale\) has 3 values 1.0,2.0,3.0 but this "
+                                         r"MergeAR has 2 sub-tokens: give one value, or 2 comma-separated values"),
+        (["--temperature", "1.1,1.0,0.9"], r"--temperature \(sample.temperature\) has 3 values .* 2 sub-tokens"),
+        (["--top-k", "0,x"], r"--top-k 0,x: expected one int or a comma list of ints"),
         (["--num-keep", "17"], "17"),
         (["--classes", "10"], r"class labels must be in \[0, 10\)"),
         (["--top-p", "0"], "sampling settings"),
+        (["--devices", "2"], r"--devices 2 \(sample.devices\) but 1 process\(es\) run on this node"),
+        (["sample.batch_size=0"], r"sample.batch_size=0 must be >= 1"),
+        (["sample.cache=half"], r"sample.cache"),
     ],
-    ids=["cfg_count", "num_keep", "class", "top_p"],
+    ids=["cfg_count", "temperature_count", "top_k_text", "num_keep", "class", "top_p", "devices", "batch_size",
+         "cache"],
 )
 def test_cli_bad_options_one_line(models, tmp_path, capsys, extra, message):
     code = main(["sample", "--ar", str(models["ar_dir"]), "--tokenizer", str(models["tokenizer_dir"]),
                  "--out", str(tmp_path / "o"), "--per-class", "1", "--accelerator", "cpu", *extra])
     assert code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mergevq sample: error:"), lines
-    assert re.search(message, lines[0]), lines[0]
+    assert re.search(message, _one_error_line(capsys))
 
 
 def test_mismatched_tokenizer_is_an_error(models, tmp_path):
@@ -381,3 +392,46 @@ def test_launch_scripts_forward_arguments(script, accelerator):
                            text=True, check=False, timeout=30)
     assert shlex.split(multi.stdout)[3:8] == ["--nnodes=2", "--node_rank=1", "--master_addr=10.0.0.1",
                                               "--master_port=29500", "--nproc_per_node=4"]
+
+
+# --------------------------------------------------------------------------------------------------
+# issue 13: config-backed settings, per-sub-token lists, the common flags, the progress bar
+
+
+def test_per_sub_token_flags_reach_the_sampler(models, tmp_path):
+    """The authors' comma lists: the same images as the library with those per-sub-token settings."""
+    out = tmp_path / "out"
+    assert main(_cli(models, out, "--classes", "1", "3", "--seed", "7", "--cfg-scale", "1.75,1.85",
+                     "-t", "1.1,1.0", "--top-k", "0,20", "--top-p", "1.0,0.9")) == 0
+    record = json.loads((out / RECORD_FILE).read_text())
+    assert record["settings"] == {"cfg_scale": [1.75, 1.85], "temperature": [1.1, 1.0], "top_k": [0, 20],
+                                  "top_p": [1.0, 0.9], "cfg_schedule": "constant"}
+    settings = SamplingSettings(cfg_scale=(1.75, 1.85), temperature=(1.1, 1.0), top_k=(0, 20), top_p=(1.0, 0.9))
+    _run(models, tmp_path / "lib", labels=torch.tensor([1, 3]), batch_size=2, settings=settings, write_png=False)
+    _assert_same_samples(_npz(tmp_path / "lib")[0], _npz(out)[0])
+
+
+def test_flags_keys_and_recipe_config_mean_the_same(models, tmp_path, capsys):
+    """A flag and its key are one setting: a second run with the other spelling finds the folder
+    complete (its claim records every setting that decides the images). The explicit flag wins."""
+    out = tmp_path / "recipe"
+    assert main([*_cli(models, out, "--classes", "2", "--seed", "7"), "--config", "sample/xl_authors",
+                 "--batch-size", "1"]) == 0
+    out_text = capsys.readouterr().out  # mergevq.cli.common.print_config_files: stdout, rank 0
+    configs = [line.removeprefix("config: ") for line in out_text.splitlines() if line.startswith("config: ")]
+    assert [Path(c).name for c in configs] == ["base.yaml", "xl_authors.yaml"] and all(Path(c).is_absolute()
+                                                                                        for c in configs)
+    record = json.loads((out / RECORD_FILE).read_text())
+    assert record["config_files"] == configs and record["seed"] == 7  # --seed beat the recipe's 42
+    assert record["settings"]["cfg_scale"] == [1.75, 1.85] and record["settings"]["temperature"] == [1.1, 1.0]
+    same = _cli(models, out, "--classes", "2", "sample.seed=3", "--seed", "7", "--cfg-scale", "1.75", "1.85",
+                "sample.temperature=[1.1,1.0]", "--top-k", "0", "sample.top_p=1")
+    assert main(same) == 0
+    assert "already holds these 1 samples; nothing to do" in capsys.readouterr().out
+
+
+def test_progress_bar_on_rank_zero(models, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MERGEVQ_PROGRESS", "1")
+    assert main(_cli(models, tmp_path / "out", "--classes", "1", "3", "5", "--batch-size", "2")) == 0
+    last = capsys.readouterr().err.split("\r")[-1]
+    assert "sample: 100%" in last and "3/3" in last and "tokens/s" in last, last

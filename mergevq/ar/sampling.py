@@ -7,6 +7,12 @@ both halves are fed the same sampled tokens. Guided logits per sub-token s:
 ``u + scale_s · (c - u)`` (``scale_s`` = ``cfg_scale[s]``, or with ``cfg_schedule="linear"`` ramped
 from 1 at the first token to ``cfg_scale[s]`` at the last).
 
+Per-sub-token settings. ``cfg_scale``, ``temperature``, ``top_k`` and ``top_p`` each take one value
+for every sub-token or a tuple with one value per sub-token, sub-token 0 (the first one sampled, the
+low bits) first. This is how the authors' sampler reads its comma lists: their XL recipe
+``-t 1.1,1.0 -k 0,0 -p 1.0,1.0 --cfg_scale 1.75,1.85`` is temperature 1.1 / guidance 1.75 on
+sub-token 0 and 1.0 / 1.85 on sub-token 1, constant over the L steps.
+
 Per-sample randomness: every draw of sample b is the inverse CDF of one uniform taken from a
 ``torch.Generator`` seeded with ``seeds[b]`` (all L × n_sub uniforms drawn up front, on the CPU), so a
 sample depends only on its seed, label and K, not on the batch size, its position in the batch or the
@@ -27,31 +33,90 @@ from mergevq.ar.model import MergeAR
 from mergevq.tokenizer.quantizer import subtokens_to_indices
 
 
+PER_SUB_TOKEN = ("cfg_scale", "temperature", "top_k", "top_p")
+"""The settings that take one value for all sub-tokens or one value per sub-token."""
+
+
+@dataclass(frozen=True)
+class SubTokenSampling:
+    """The settings that apply to one sub-token (see :meth:`SamplingSettings.for_sub_tokens`)."""
+
+    cfg_scale: float
+    temperature: float
+    top_k: int
+    top_p: float
+
+
 @dataclass(frozen=True)
 class SamplingSettings:
-    cfg_scale: tuple[float, ...] = (1.0, 1.0)  # one per sub-token (1.0 = no guidance)
+    """Each of ``cfg_scale``, ``temperature``, ``top_k``, ``top_p``: one value for every sub-token, or a
+    tuple with one value per sub-token (a 1-tuple counts as one value)."""
+
+    cfg_scale: float | tuple[float, ...] = 1.0  # 1.0 = no guidance
     cfg_schedule: str = "constant"  # "constant" | "linear" (ramps from 1 to cfg_scale over the L steps)
-    temperature: float = 1.0  # 0 = greedy (argmax)
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1 = off
+    temperature: float | tuple[float, ...] = 1.0  # 0 = greedy (argmax)
+    top_k: int | tuple[int, ...] = 0  # 0 = off
+    top_p: float | tuple[float, ...] = 1.0  # 1 = off
 
     def __post_init__(self) -> None:
         if self.cfg_schedule not in ("constant", "linear"):
             raise ValueError(f"cfg_schedule={self.cfg_schedule!r}; valid: constant, linear")
-        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
-            raise ValueError(f"need temperature >= 0, top_k >= 0, 0 < top_p <= 1; got {self.temperature}, "
-                             f"{self.top_k}, {self.top_p}")
+        for name in PER_SUB_TOKEN:
+            value = getattr(self, name)
+            values = _values(value)
+            if not values:
+                raise ValueError(f"{name} is an empty list; give one value or one per sub-token")
+            kind = int if name == "top_k" else float
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and kind(v) == v for v in values):
+                raise ValueError(f"{name}={_shown(value)}: expected {'integers' if kind is int else 'numbers'}")
+            # one type per setting (2 and 2.0 are the same setting: the same claim of a sampling folder);
+            # lists from configs become tuples (frozen, hashable)
+            values = tuple(kind(v) for v in values)
+            object.__setattr__(self, name, values if isinstance(value, (tuple, list)) else values[0])
+        bad = [f"{name}={_shown(value)}" for name, value, ok in (
+            ("temperature", self.temperature, lambda v: v >= 0),
+            ("top_k", self.top_k, lambda v: v >= 0),
+            ("top_p", self.top_p, lambda v: 0 < v <= 1),
+        ) if not all(ok(v) for v in _values(value))]
+        if bad:
+            raise ValueError(f"need temperature >= 0, top_k >= 0, 0 < top_p <= 1 (per sub-token); got "
+                             f"{', '.join(bad)}")
 
     @property
     def guided(self) -> bool:
-        return any(s != 1.0 for s in self.cfg_scale)
+        return any(s != 1.0 for s in _values(self.cfg_scale))
+
+    def values(self, name: str, num_sub_tokens: int) -> tuple:
+        """``name``'s value per sub-token; a ValueError names the setting and both counts when a list
+        does not have ``num_sub_tokens`` entries."""
+        given = _values(getattr(self, name))
+        if len(given) == 1:
+            return given * num_sub_tokens
+        if len(given) != num_sub_tokens:
+            raise ValueError(f"{name} has {len(given)} values {list(given)} but this MergeAR has {num_sub_tokens} "
+                             f"sub-tokens: give one value, or one value per sub-token")
+        return given
+
+    def for_sub_tokens(self, num_sub_tokens: int) -> tuple[SubTokenSampling, ...]:
+        """The settings of each sub-token; see :meth:`values` for the error on a wrong-length list."""
+        columns = [self.values(name, num_sub_tokens) for name in PER_SUB_TOKEN]
+        return tuple(SubTokenSampling(*row) for row in zip(*columns, strict=True))
 
     def scale(self, sub_token: int, *, step: int, length: int) -> float:
         """Guidance scale of ``sub_token`` at token ``step`` (1-based) of ``length``."""
-        full = self.cfg_scale[sub_token]
+        given = _values(self.cfg_scale)
+        full = given[0] if len(given) == 1 else given[sub_token]
         if self.cfg_schedule == "constant" or length == 1:
             return full
         return 1.0 + (full - 1.0) * (step - 1) / (length - 1)
+
+
+def _values(value: object) -> tuple:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+
+def _shown(value: object) -> str:
+    return ",".join(str(v) for v in _values(value))
 
 
 @dataclass(frozen=True)
@@ -117,18 +182,18 @@ def pick(logits: Tensor, uniforms: Tensor, *, temperature: float, top_k: int, to
     return torch.searchsorted(cdf, target, right=True).clamp_(max=logits.shape[-1] - 1)[:, 0]
 
 
-def _sample_token(model: MergeAR, hidden: Tensor, uniforms: Tensor, settings: SamplingSettings, *, batch: int,
-                  step: int) -> Tensor:
+def _sample_token(model: MergeAR, hidden: Tensor, uniforms: Tensor, settings: SamplingSettings,
+                  per_sub: tuple[SubTokenSampling, ...], *, batch: int, step: int) -> Tensor:
     """Sub-tokens of one token, in order: ``hidden`` (B or 2B, D), ``uniforms`` (B, n_sub) -> (B, n_sub)."""
     rows = hidden.shape[0]
     given = torch.zeros(rows, 0, dtype=torch.long, device=hidden.device)
-    for s in range(len(model.config.sub_token_bits)):
+    for s, sub_settings in enumerate(per_sub):
         logits = model.next_sub_token_logits(hidden, given).float()  # (rows, 2**bits_s)
         if rows != batch:  # CFG: conditional half, null half
             cond, uncond = logits[:batch], logits[batch:]
             logits = uncond + settings.scale(s, step=step, length=model.num_tokens) * (cond - uncond)
-        sub = pick(logits, uniforms[:, s], temperature=settings.temperature, top_k=settings.top_k,
-                   top_p=settings.top_p)  # (B,)
+        sub = pick(logits, uniforms[:, s], temperature=sub_settings.temperature, top_k=sub_settings.top_k,
+                   top_p=sub_settings.top_p)  # (B,)
         given = torch.cat([given, sub.repeat(rows // batch)[:, None]], dim=1)
     return given[:batch]
 
@@ -138,9 +203,7 @@ def generate(model: MergeAR, *, labels: Tensor, num_keep: int | Tensor, seeds: T
              compressed_cache: bool = True) -> Generated:
     """Sample ``len(labels)`` raster index grids; see the module docstring for CFG and seeding."""
     cfg = model.config
-    if len(settings.cfg_scale) != len(cfg.sub_token_bits):
-        raise ValueError(f"cfg_scale needs one value per sub-token ({len(cfg.sub_token_bits)}), "
-                         f"got {settings.cfg_scale}")
+    per_sub = settings.for_sub_tokens(len(cfg.sub_token_bits))  # a wrong-length list fails before any work
     device = model.class_embedding.weight.device
     batch, length = labels.shape[0], model.num_tokens
     labels = labels.to(device=device, dtype=torch.long)
@@ -155,7 +218,7 @@ def generate(model: MergeAR, *, labels: Tensor, num_keep: int | Tensor, seeds: T
     out = torch.zeros(batch, length, dtype=torch.long, device=device)
     hidden = model.prefill(labels, num_keep, cache)  # (rows, D): predicts t_1
     for step in range(1, length + 1):
-        sub = _sample_token(model, hidden, uniforms[:, step - 1], settings, batch=batch, step=step)
+        sub = _sample_token(model, hidden, uniforms[:, step - 1], settings, per_sub, batch=batch, step=step)
         out[:, step - 1] = subtokens_to_indices(sub, cfg.sub_token_bits)
         if step < length:
             hidden = model.decode_step(out[:, step - 1].repeat(labels.shape[0] // batch), position=step, cache=cache)

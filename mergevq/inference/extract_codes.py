@@ -51,6 +51,7 @@ from mergevq.data.codes import (
 from mergevq.distributed import DistContext
 from mergevq.errors import ConfigError
 from mergevq.inference.fingerprint import weights_id
+from mergevq.inference.progress import progress_bar, track
 from mergevq.tokenizer.model import MergeVQ
 
 __all__ = ["OUTPUT_PATTERNS", "ExtractionRequest", "ExtractionResult", "check_tokenizer", "draw_num_keep",
@@ -250,10 +251,10 @@ def _reusable(out_dir: Path, name: str, fingerprint: str, *, num_tokens: int, fl
 def _encode_slice(
     model: MergeVQ, dataset: Dataset, *, part: range, num_keep: np.ndarray, flip: bool, batch_size: int,
     num_workers: int, device: torch.device, autocast_dtype: torch.dtype | None,
-    progress: Callable[[int, int], None] | None,
+    progress: Callable[[int, int], None] | None, is_main: bool,
 ) -> tuple[ShardArrays, int]:
     """Encode the images ``part`` of ``dataset``; returns their arrays (source order, unreadable
-    images left out) and the number skipped."""
+    images left out) and the number skipped. ``is_main``: this process draws the progress bar."""
     n, num_tokens, start = len(part), model.num_tokens, part.start
     # Visit the slice sorted by K (stable: source order within one K), so batches are single-K.
     order = start + np.argsort(num_keep[part.start:part.stop], kind="stable")
@@ -267,8 +268,9 @@ def _encode_slice(
     expected = (model.config.image_size, model.config.image_size)
     autocast = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None
                 else nullcontext())
+    bar = progress_bar(total=n, desc="extract-codes", unit="img", is_main=is_main)
     with torch.inference_mode(), autocast:
-        for batch in loader:
+        for batch in track(loader, bar, count=lambda b: b["num_skipped"] + len(b["index"])):
             skipped += batch["num_skipped"]
             done += batch["num_skipped"] + len(batch["index"])
             if batch["image"] is not None:
@@ -396,6 +398,7 @@ def extract_codes(
         arrays, skipped = _encode_slice(
             model, dataset, part=part, num_keep=num_keep, flip=flip, batch_size=batch_size,
             num_workers=num_workers, device=device, autocast_dtype=autocast_dtype, progress=progress,
+            is_main=ctx.is_main,
         )
         seconds = time.perf_counter() - started
         encoded = arrays.count

@@ -46,6 +46,7 @@ from mergevq.distributed import DistContext, all_reduce_sum, gather_rows, shard
 from mergevq.errors import ConfigError
 from mergevq.fileio import atomic_write
 from mergevq.inference.adm_npz import member_names, read_member
+from mergevq.inference.progress import progress_bar, track
 from mergevq.metrics.fid import (
     FeatureStats,
     InceptionFeatures,
@@ -217,15 +218,18 @@ class Features:
 
 @torch.no_grad()
 def extract_features(images: ImageArray | ImageFiles, *, inception: InceptionFeatures, device: torch.device,
-                     batch_size: int, ctx: DistContext) -> Features:
-    """Features of ``images``: this rank's contiguous shard, batched on ``device``, then gathered."""
+                     batch_size: int, ctx: DistContext, desc: str = "Inception features") -> Features:
+    """Features of ``images``: this rank's contiguous shard, batched on ``device``, then gathered.
+    ``desc`` labels rank 0's progress bar."""
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} must be >= 1")
     rows = shard(len(images), rank=ctx.rank, world_size=ctx.world_size)
     pools = [torch.zeros((0, POOL_DIM), device=device)]
     logits = [torch.zeros((0, LOGITS_DIM), device=device)]
     skipped = 0
-    for batch in images.batches(rows, batch_size=batch_size):
+    bar = progress_bar(total=len(rows), desc=desc, unit="img", is_main=ctx.is_main)
+    for batch in track(images.batches(rows, batch_size=batch_size), bar,
+                       count=lambda b: b.skipped + int(b.pixels.shape[0])):
         skipped += batch.skipped
         if batch.pixels.shape[0] == 0:
             continue
@@ -343,10 +347,11 @@ def evaluate_generation(samples: ImageArray | ImageFiles, reference: Reference, 
     """SAMPLES (:func:`load_images`) vs REF (:func:`load_reference`): features of every rank's shard,
     gathered, then the metrics (identical on every rank)."""
     inception = inception.to(device)
-    sample_features = extract_features(samples, inception=inception, device=device, batch_size=batch_size, ctx=ctx)
+    sample_features = extract_features(samples, inception=inception, device=device, batch_size=batch_size, ctx=ctx,
+                                       desc="Inception features (samples)")
     ref_features = None
     if reference.images is not None:
         ref_features = extract_features(reference.images, inception=inception, device=device,
-                                        batch_size=batch_size, ctx=ctx)
+                                        batch_size=batch_size, ctx=ctx, desc="Inception features (reference)")
     return generation_metrics(sample_features, reference_features=ref_features, reference_stats=reference.stats,
                               settings=settings, samples_path=samples.path, reference_path=reference.path)

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mergevq.errors import ConfigError
+from mergevq.inference.progress import loader_items, progress_bar, track
 from mergevq.tokenizer.model import MergeVQ
 from taming.data.base import collate_skip_none
 from taming.modules.frozen import FrozenHolder
@@ -102,10 +103,12 @@ def extract_features(
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
     where: str = "data",
+    is_main: bool = True,
 ) -> ProbeFeatures:
     """Run ``encoder`` once over ``dataset`` (items ``{"image": (3, H, W) in [-1, 1], "class_label":
     int}``, unreadable ones skipped and counted). Features stay on ``device`` until the one copy to
-    the CPU at the end. ``where`` names the data set in error messages."""
+    the CPU at the end. ``where`` names the data set in error messages and on the progress bar, which
+    only ``is_main`` draws."""
     device = torch.device(device)
     encoder = encoder.to(device)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
@@ -113,7 +116,8 @@ def extract_features(
     features, labels, skipped = [], [], 0
     autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
     with torch.inference_mode(), autocast:
-        for batch in loader:
+        bar = progress_bar(total=len(dataset), desc=f"features ({where})", unit="img", is_main=is_main)
+        for batch in track(loader, bar, count=loader_items):
             skipped += int(batch["num_skipped"])
             if "image" not in batch:  # every image of the batch was unreadable
                 continue

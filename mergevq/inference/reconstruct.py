@@ -35,6 +35,7 @@ from mergevq.inference.tokenizer_eval import (
     check_num_keep_list,
 )
 from mergevq.tokenizer.model import MergeVQ
+from mergevq.inference.progress import loader_items, progress_bar, track
 from mergevq.visual import merge_groups_picture, reconstruction_grid, save_png, to_uint8
 from taming.data.base import collate_skip_none
 
@@ -102,7 +103,8 @@ def reconstruct_images(
     autocast = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None
                 else contextlib.nullcontext())
     written = skipped = 0
-    for batch in loader:
+    bar = progress_bar(total=len(part), desc="reconstruct", unit="img", is_main=context.is_main)
+    for batch in track(loader, bar, count=loader_items):
         skipped += int(batch["num_skipped"])
         if "image" not in batch:
             continue

@@ -54,6 +54,7 @@ from mergevq.seeding import derived_seed
 from mergevq.fileio import atomic_write, remove_stale_temps
 from mergevq.inference.adm_npz import NpzMember, write_npz
 from mergevq.inference.fingerprint import weights_id
+from mergevq.inference.progress import progress_bar
 from mergevq.inference.sample_store import SampleStore
 from mergevq.inference.tokenizer_eval import SINGLE_PROCESS
 from mergevq.outputs import plan_output_dir
@@ -155,6 +156,21 @@ def _label_runs(labels: torch.Tensor) -> list[dict[str, int]]:
     return runs
 
 
+def _claimed_settings(settings: SamplingSettings, model: MergeAR) -> dict[str, Any]:
+    """The sampling settings as the folder's claim records them: equal settings, equal claims, however
+    written (``1.0`` = ``[1.0, 1.0]``). ``cfg_scale`` is a list per sub-token, the others a number when
+    every sub-token has the same, else a list: the form claims had before per-sub-token lists."""
+    count = len(model.config.sub_token_bits)
+    claim: dict[str, Any] = {}
+    for name in ("cfg_scale", "cfg_schedule", "temperature", "top_k", "top_p"):
+        if name == "cfg_schedule":
+            claim[name] = settings.cfg_schedule
+            continue
+        values = list(settings.values(name, count))
+        claim[name] = values if name == "cfg_scale" or len(set(values)) > 1 else values[0]
+    return claim
+
+
 def _precision_name(autocast_dtype: torch.dtype | None) -> str:
     return "fp32" if autocast_dtype is None else str(autocast_dtype).removeprefix("torch.")
 
@@ -216,6 +232,10 @@ def sample_to_disk(
     if not len(labels):
         raise ConfigError("nothing to sample: no labels")
     check_compatible(model, tokenizer, num_keep=num_keep, labels=labels)
+    try:
+        settings.for_sub_tokens(len(model.config.sub_token_bits))
+    except ValueError as err:
+        raise ConfigError(f"sampling settings: {err}") from None
     start = time.perf_counter()
     out = Path(out_dir).expanduser()
     size = tokenizer.config.image_size
@@ -223,7 +243,7 @@ def sample_to_disk(
     total = len(labels)
     claim = {
         "ar_weights": weights_id(model), "tokenizer_weights": weights_id(tokenizer), "labels": _label_runs(labels),
-        "seed": seed, "num_keep": num_keep, "sampling": asdict(settings),
+        "seed": seed, "num_keep": num_keep, "sampling": _claimed_settings(settings, model),
         "cache": "compressed" if compressed_cache else "full", "write": {"png": write_png, "npz": write_npz},
         "precision": _precision_name(autocast_dtype), "device": device.type,
     }
@@ -258,7 +278,9 @@ def sample_to_disk(
     report(0)
     autocast = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None
                 else contextlib.nullcontext())
-    with store.writer(rank=context.rank) as writer:
+    bar = progress_bar(total=len(mine), desc="sample", unit="sample", is_main=context.is_main)
+    began = time.perf_counter()  # the token rate counts generation, not loading and hashing
+    with store.writer(rank=context.rank) as writer, bar:
         for first in range(0, len(mine), batch_size):
             indices = mine[first:first + batch_size]
             batch_labels = labels[torch.from_numpy(indices)]
@@ -277,6 +299,9 @@ def sample_to_disk(
             writer.mark_done(indices, peak_cache_entries=generated.peak_cache_entries.cpu().numpy(),
                              unique_tokens=generated.unique_tokens.cpu().numpy(),
                              cache_capacity=generated.cache_capacity)
+            bar.update(len(indices))
+            tokens = (first + len(indices)) * model.num_tokens
+            bar.set_postfix_str(f"{tokens / max(time.perf_counter() - began, 1e-9):.0f} tokens/s", refresh=False)
             report(first + len(indices))
     seconds = time.perf_counter() - start
     # a collective: past it, every rank has recorded its samples

@@ -55,6 +55,7 @@ from mergevq.metrics.official_protocol import (
     frechet_distance,
     official_feature_stats,
 )
+from mergevq.inference.progress import loader_items, progress_bar, track
 from mergevq.metrics.recon import lpips_per_image, psnr_per_image, ssim_per_image
 from mergevq.tokenizer.model import MergeVQ
 from taming.data.base import collate_skip_none
@@ -277,7 +278,8 @@ def evaluate_tokenizer(
     size = (model.config.image_size, model.config.image_size)
     autocast = (torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None
                 else contextlib.nullcontext())
-    for batch in loader:
+    bar = progress_bar(total=len(part), desc="evaluate-tokenizer", unit="img", is_main=context.is_main)
+    for batch in track(loader, bar, count=loader_items):
         skipped += int(batch["num_skipped"])
         if "image" not in batch:  # every image of this batch was unreadable
             continue
