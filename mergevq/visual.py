@@ -125,3 +125,35 @@ def reconstruction_grid(originals: torch.Tensor, reconstructions_by_k: dict[int,
     strip = _label_strip([name for name, _ in rows], cell=originals.shape[-2] * scale, pad=pad,
                          width=label_width, fill=fill)
     return np.concatenate([strip, picture], axis=1)
+
+
+def picture_scale(size: int, *, target: int = 128) -> int:
+    """The pixel-repetition factor that shows a ``size``-pixel image at about ``target`` pixels (1 for
+    images already that large), so 32 px crops stay visible and 256 px images are not enlarged."""
+    return max(1, target // max(1, size))
+
+
+@torch.no_grad()
+def tokenizer_pictures(tokenizer: torch.nn.Module, images: torch.Tensor, *, scale: int | None = None
+                       ) -> dict[str, np.ndarray]:
+    """The two pictures of a tokenizer on ``images`` (N, 3, H, W) in [-1, 1]:
+
+    ``reconstructions``: rows originals | K = L | nominal K | smallest K of the tokenizer's candidates
+    (:func:`reconstruction_grid`, a K that repeats another one is shown once);
+    ``merge_groups``: each image's merge groups at the nominal K (:func:`merge_groups_picture`), in
+    one row. ``scale`` default: :func:`picture_scale` of the image size."""
+    config = tokenizer.config
+    scale = picture_scale(images.shape[-1]) if scale is None else scale
+    ks = [config.num_tokens, config.num_keep, min(config.k_candidates)]
+    recs: dict[int, torch.Tensor] = {}
+    assigns: dict[int, torch.Tensor] = {}
+    for k in dict.fromkeys(ks):
+        encoded = tokenizer.encode(images, k)
+        recs[k] = tokenizer.decode_codes(encoded.codes, encoded.assign).float().clamp(-1, 1)
+        assigns[k] = encoded.assign
+    groups = [merge_groups_picture(images[i], assigns[config.num_keep][i], config.grid, scale=scale)
+              for i in range(images.shape[0])]
+    return {
+        "reconstructions": reconstruction_grid(images.float(), recs, scale=scale),
+        "merge_groups": grid(np.stack(groups), ncol=len(groups)),
+    }

@@ -35,6 +35,7 @@ from mergevq.fileio import atomic_write, load_weights_strict
 from mergevq.tokenizer.alignment import ClsHead
 from mergevq.tokenizer.decoder import Decoder
 from mergevq.tokenizer.encoder import CNNStem, MergingEncoder, PatchStem
+from mergevq.tokenizer.merge import plan_merges
 from mergevq.tokenizer.quantizer import LFQ
 from mergevq.tokenizer.recovery import LearnedRecovery, unmerge
 
@@ -147,9 +148,29 @@ def _validate(config: MergeVQConfig, *, source: str) -> None:
             f"{source}: the decoder up-samples by {2 ** (len(config.dec_ch_mult) - 1)} but the encoder "
             f"down-samples by {config.downsample_factor}; give dec_ch_mult {config.downsample_factor.bit_length()} levels"
         )
-    bad = [k for k in (config.num_keep, *config.k_candidates) if not 1 <= k <= config.num_tokens]
+    _validate_k(config, source=source)
+
+
+def _validate_k(config: MergeVQConfig, *, source: str) -> None:
+    """The K candidates must be producible from this config's L tokens: checked here, when the
+    config is built, rather than when training first samples a K that cannot be made."""
+    length, h, w = config.num_tokens, *config.grid
+    where = f"{source}: k_candidates={list(config.k_candidates)} for L={length} tokens ({h}x{w}, image_size " \
+            f"{config.image_size})"
+    fitting = [k for k in config.k_candidates if 1 <= k <= length]
+    if not fitting:
+        raise ConfigError(f"{where}: no candidate K fits in [1, {length}]; set k_candidates (and num_keep) to "
+                          f"counts in [1, {length}] or change image_size")
+    bad = [k for k in (config.num_keep, *config.k_candidates) if not 1 <= k <= length]
     if bad:
-        raise ConfigError(f"{source}: kept-token counts {bad} are outside [1, L={config.num_tokens}]")
+        raise ConfigError(f"{source}: kept-token counts {bad} are outside [1, L={length}]")
+    unreachable = [k for k in config.k_candidates
+                   if plan_merges(num_tokens=length, num_merge=length - k, depth=config.depth).num_keep != k]
+    if unreachable:
+        reachable = "none is" if len(unreachable) == len(config.k_candidates) else "not all are"
+        raise ConfigError(f"{where}: {reachable} reachable by the merge schedule of {config.depth} blocks "
+                          f"(unreachable: {unreachable}); mergevq.tokenizer.merge.reachable_counts lists the "
+                          "counts it can produce")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -320,8 +341,22 @@ class MergeVQ(nn.Module):
 
     # ---- encode / decode ----------------------------------------------------------------------
 
+    def check_image_size(self, x: torch.Tensor) -> None:
+        """A one-line ConfigError unless ``x`` is (B, 3, image_size, image_size): another size gives
+        another token count, which would otherwise surface as a misleading K error."""
+        size = self.config.image_size
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ConfigError(f"the tokenizer expects images of shape (B, 3, {size}, {size}), got {tuple(x.shape)}")
+        if tuple(x.shape[-2:]) != (size, size):
+            raise ConfigError(
+                f"image size {x.shape[-2]}x{x.shape[-1]} but the tokenizer expects {size}x{size} (its image_size); "
+                f"set the data's image size (data.params.<split>.params.size or resolution) or eval.resolution "
+                f"to {size}"
+            )
+
     def encode(self, x: torch.Tensor, num_keep: int) -> Encoded:
         """x (B, 3, H, W) in [-1, 1] -> K = ``num_keep`` quantized tokens and their assignment."""
+        self.check_image_size(x)
         self.check_num_keep(num_keep)
         enc = self.encoder(x, num_keep=num_keep)
         q = self.quantizer(enc.z)

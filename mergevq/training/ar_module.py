@@ -127,6 +127,9 @@ class ARModule(pl.LightningModule):
         schedule: :class:`~mergevq.training.optim.LRSchedule` keys (warmup_steps, decay, total_steps,
             min_lr_ratio); missing keys keep the defaults.
         grad_clip: max global gradient norm, or None.
+        accumulate_grad_batches: micro-batches per optimizer step (Lightning accumulates them;
+            derived from ``trainer.global_batch_size`` when that is set, see
+            :mod:`mergevq.training.batch_plan`).
         ema_decay: decay of an EMA of the model, or None for no EMA.
         seed: the run seed (``run.seed``, supplied by the program): the model's initial weights
             depend on it alone, not on what used the global RNG before.
@@ -142,6 +145,7 @@ class ARModule(pl.LightningModule):
         weight_decay: float = 0.05,
         schedule: Mapping[str, Any] | None = None,
         grad_clip: float | None = 1.0,
+        accumulate_grad_batches: int = 1,
         ema_decay: float | None = None,
         seed: int = 0,
     ) -> None:
@@ -155,6 +159,7 @@ class ARModule(pl.LightningModule):
         _number("eps", eps, low=0, inclusive=False)
         _number("weight_decay", weight_decay, low=0)
         _number("seed", seed, low=0, integer=True)
+        _number("accumulate_grad_batches", accumulate_grad_batches, low=1, integer=True)
         if grad_clip is not None:
             _number("grad_clip", grad_clip, low=0, inclusive=False)
         if ema_decay is not None and not (
@@ -173,8 +178,13 @@ class ARModule(pl.LightningModule):
         self.decay_names = frozenset(f"model.{name}" for name in decay_parameter_names(self.model))
         self.lr, self.betas, self.eps, self.weight_decay = float(lr), betas, float(eps), float(weight_decay)
         self.grad_clip = None if grad_clip is None else float(grad_clip)
+        self.accumulate_grad_batches = accumulate_grad_batches
         self.ema_decay = None if ema_decay is None else float(ema_decay)
         self.seed = seed
+
+    # Read by mergevq.training.run for DDP's find_unused_parameters: one backward per step reaches every
+    # trainable parameter (tests/test_unused_parameters.py), so DDP needs no unused-parameter search.
+    has_unused_parameters = False
 
     @property
     def config(self) -> MergeARConfig:

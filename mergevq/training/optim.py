@@ -27,9 +27,10 @@ the schedule itself always comes from the config.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -47,6 +48,8 @@ __all__ = [
 ]
 
 DECAYS = ("cosine", "linear", "constant")
+
+log = logging.getLogger(__name__)
 
 
 def decay_parameter_names(model: nn.Module) -> frozenset[str]:
@@ -130,16 +133,20 @@ class LRSchedule:
             )
         return cls(**values)
 
-    def check_total(self, total_steps: int) -> int:
-        """``total_steps`` if the warmup fits in it, else a one-line error."""
-        if total_steps < 1:
-            raise ConfigError(f"the LR schedule needs total_steps >= 1, got {total_steps}")
-        if self.warmup_steps > total_steps:
-            raise ConfigError(
-                f"model.params.schedule.warmup_steps={self.warmup_steps} is longer than the run's "
-                f"{total_steps} optimizer steps"
-            )
-        return total_steps
+    def fitted(self, total_steps: int) -> LRSchedule:
+        """This schedule for a run of ``total_steps`` optimizer steps: a warmup longer than the run (a
+        smoke run of a recipe, e.g. 20 steps against a 5000-step warmup) is clamped to the run's
+        length with one warning naming both numbers; ``total_steps`` < 1 is a one-line error."""
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+            raise ConfigError(f"the LR schedule needs total_steps >= 1, got {total_steps!r}")
+        if self.warmup_steps <= total_steps:
+            return self
+        from lightning.pytorch.utilities import rank_zero_only
+
+        if rank_zero_only.rank == 0:  # one line per run, not per process
+            log.warning("model.params.schedule.warmup_steps=%d is longer than the run's %d optimizer steps: the warmup "
+                        "is clamped to %d steps", self.warmup_steps, total_steps, total_steps)
+        return replace(self, warmup_steps=total_steps)
 
     def factor(self, step: int, total_steps: int) -> float:
         """The LR multiplier of optimizer step ``step`` (0-based) in a run of ``total_steps`` steps."""
@@ -165,6 +172,6 @@ def _factor_function(schedule: LRSchedule, total_steps: int) -> Callable[[int], 
 def warmup_decay_scheduler(
     optimizer: torch.optim.Optimizer, *, schedule: LRSchedule, total_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """``LambdaLR`` with :meth:`LRSchedule.factor`, to be stepped after every optimizer step."""
-    schedule.check_total(total_steps)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, _factor_function(schedule, total_steps))
+    """``LambdaLR`` with :meth:`LRSchedule.factor` (of the schedule :meth:`LRSchedule.fitted` to the
+    run), to be stepped after every optimizer step."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, _factor_function(schedule.fitted(total_steps), total_steps))

@@ -16,9 +16,18 @@ cadence and ``trainer.max_steps`` count these) and ``ema_decay`` (float, or None
 attribute returns its EMACallback subclass from ``configure_callbacks``, which Lightning puts in
 place of the default one).
 
-Everything is validated (targets import, keys match signatures) before anything is built.
-The run directory receives ``config.yaml`` (the resolved config, written by rank 0),
-``checkpoints/*.ckpt`` (atomic, config embedded) and ``logs/`` (TensorBoard).
+What it may provide: ``accumulate_grad_batches`` (micro-batches per optimizer step; passed to
+Lightning for a module with automatic optimisation, a manual one accumulates itself) and
+``has_unused_parameters`` (DDP's ``find_unused_parameters``; False when absent: a module that
+declares nothing gets no per-backward graph search).
+
+Everything is validated (targets import, keys match signatures) before anything is built. At start
+rank 0 prints the batch plan (world size, devices, per-device batch, accumulation, global batch;
+:mod:`mergevq.training.batch_plan`, which also derives the accumulation from
+``trainer.global_batch_size``) and the absolute paths of the composed config files.
+The run directory receives ``config.yaml`` (the resolved config, written by rank 0), ``run_info.yaml``
+(the batch plan and the config files), ``checkpoints/*.ckpt`` (atomic, config embedded) and ``logs/``
+(``trainer.logger``: TensorBoard, CSV or W&B; :mod:`mergevq.training.loggers`).
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,11 +47,12 @@ from omegaconf import DictConfig, OmegaConf
 from mergevq.config import LoadedConfig, check_types, load_with_origins, save, to_yaml, validate
 from mergevq.errors import ConfigError
 
-__all__ = ["RunSettings", "TrainResult", "TrainerSettings", "build_trainer", "train"]
+__all__ = ["RUN_INFO_FILE", "RunSettings", "TrainResult", "TrainerSettings", "build_trainer", "train"]
 
 log = logging.getLogger(__name__)
 
 RUNS_ROOT = "runs"
+RUN_INFO_FILE = "run_info.yaml"
 
 
 def _section(loaded: LoadedConfig, key: str) -> dict[str, Any]:
@@ -100,7 +111,10 @@ class TrainerSettings:
     ``checkpoint_every_n_steps`` counts the same steps (0: only at epoch ends); a checkpoint is also
     written at every epoch end and when ``max_steps`` stops the run. ``keep_checkpoints``: how many of
     the newest to keep (-1: all). ``log_every_n_steps`` counts batches (Lightning's logging cadence).
-    ``devices``: processes per node; ``strategy``: auto | ddp | ddp_spawn | fsdp (mergevq.backend)."""
+    ``devices``: processes per node; ``strategy``: auto | ddp | ddp_spawn | fsdp (mergevq.backend).
+    ``global_batch_size``: null, or the recipe's global batch: the accumulation is then derived from
+    it for the world size the job runs on (mergevq.training.batch_plan). ``logger``: tensorboard |
+    csv | wandb (mergevq.training.loggers)."""
 
     accelerator: str = "cpu"
     precision: str | int = "32"  # Lightning's names; 32 / 16 may come as numbers (trainer.precision=32)
@@ -115,8 +129,17 @@ class TrainerSettings:
     checkpoint_every_n_steps: int = 5000
     keep_checkpoints: int = 3
     progress_bar: bool = True
+    global_batch_size: int | None = None
+    logger: str = "tensorboard"
 
     def __post_init__(self) -> None:
+        from mergevq.training.loggers import LOGGERS
+
+        if self.logger not in LOGGERS:
+            raise _SettingError("trainer.logger", f"must be one of {', '.join(LOGGERS)}, got {self.logger!r}")
+        value = self.global_batch_size
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise _SettingError("trainer.global_batch_size", f"must be null or an int >= 1, got {value!r}")
         for name in ("max_epochs", "max_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or (value < 1 and value != -1):
@@ -140,27 +163,32 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)  # the last logged value of each metric
     is_global_zero: bool = True  # False in the other processes of a multi-process run
     moved_aside: Path | None = None  # where --overwrite moved the previous run folder
+    batch_plan: Any = None  # the BatchPlan the run trained with (None: the data has no batch_size)
 
 
 def build_trainer(settings: TrainerSettings, *, run_dir: Path, module: Any, config_yaml: str,
-                  resumed: bool) -> Any:
-    """The Lightning Trainer of a run, with the mergevq callbacks and checkpoint I/O.
+                  resumed: bool, run_name: str = "mergevq") -> Any:
+    """The Lightning Trainer of a run, with the mergevq callbacks, logger and checkpoint I/O.
     ``settings.max_steps`` is enforced by :class:`StepLimit` (in ``module.train_steps``), not by
     Lightning: a module that needs the run length reads it from that callback."""
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import TQDMProgressBar
-    from lightning.pytorch.loggers import TensorBoardLogger
 
     from mergevq.backend import select_backend
     from mergevq.data.skips import SkippedImagesReport
     from mergevq.training.callbacks import EMACallback, StepLimit
     from mergevq.training.checkpoint import CHECKPOINT_DIR, AtomicCheckpointIO, PeriodicCheckpoint
+    from mergevq.training.loggers import build_logger
 
     backend = select_backend(accelerator=settings.accelerator, precision=str(settings.precision),
                              devices=settings.devices)
-    # find_unused_parameters: each backward of the GAN step reaches only one of the two networks.
+    # The module says whether some of its parameters get no gradient in a backward (the GAN step
+    # does, MergeAR does not); the search costs a graph traversal per backward and DDP warns when
+    # it finds nothing.
     kwargs = backend.trainer_kwargs(strategy=settings.strategy, num_nodes=settings.num_nodes,
-                                    find_unused_parameters=True)
+                                    find_unused_parameters=bool(getattr(module, "has_unused_parameters", False)))
+    # Lightning accumulates for automatic optimisation only; a manual module accumulates itself.
+    accumulate = int(getattr(module, "accumulate_grad_batches", 1)) if module.automatic_optimization else 1
     plugins = [*kwargs.pop("plugins", []), AtomicCheckpointIO(config_yaml=config_yaml)]
     callbacks: list[pl.Callback] = [
         *([] if module.ema_decay is None else [EMACallback(decay=module.ema_decay)]),
@@ -178,6 +206,7 @@ def build_trainer(settings: TrainerSettings, *, run_dir: Path, module: Any, conf
         # Counted by StepLimit in module.train_steps (Stage 1's global_step counts G and D steps);
         # Lightning's own max_steps also breaks the epoch count of a resume from an epoch-end checkpoint.
         max_steps=-1,
+        accumulate_grad_batches=accumulate,
         log_every_n_steps=settings.log_every_n_steps,
         check_val_every_n_epoch=settings.val_every_n_epochs,
         limit_val_batches=settings.limit_val_batches,
@@ -185,7 +214,7 @@ def build_trainer(settings: TrainerSettings, *, run_dir: Path, module: Any, conf
         # before the first training batch and break exact resumption.
         num_sanity_val_steps=0 if resumed else 2,
         callbacks=callbacks,
-        logger=TensorBoardLogger(save_dir=str(run_dir), name="logs", default_hp_metric=False),
+        logger=build_logger(settings.logger, run_dir=run_dir, run_name=run_name),
         enable_checkpointing=True,
         enable_progress_bar=settings.progress_bar,
         enable_model_summary=False,
@@ -212,6 +241,7 @@ def train(
     loaded = load_with_origins(config_paths, overrides)
     run = _from_section(RunSettings, _section(loaded, "run"), section="run", loaded=loaded)
     settings = _from_section(TrainerSettings, _section(loaded, "trainer"), section="trainer", loaded=loaded)
+    plan = _plan_batch(loaded, settings)  # writes a derived accumulation into the config
     validate(loaded.select("model"), key="model", origins=loaded.origins, extra=["seed"])
     loaded.validate("data")
     config_yaml = to_yaml(loaded.cfg)
@@ -220,8 +250,8 @@ def train(
     from mergevq.training.run_dir import global_rank_from_env, prepare_run_dir
 
     directory = Path(run_dir) if run_dir is not None else Path(RUNS_ROOT) / run.name
-    plan = prepare_run_dir(directory, resume=resume, overwrite=overwrite, is_main=global_rank_from_env() == 0)
-    resume_path = plan.resume
+    folder = prepare_run_dir(directory, resume=resume, overwrite=overwrite, is_main=global_rank_from_env() == 0)
+    resume_path = folder.resume
 
     import lightning.pytorch as pl
 
@@ -229,10 +259,15 @@ def train(
     module = loaded.instantiate("model", extra={"seed": run.seed})
     datamodule = loaded.instantiate("data")
     trainer = build_trainer(settings, run_dir=directory, module=module, config_yaml=config_yaml,
-                            resumed=resume_path is not None)
+                            resumed=resume_path is not None, run_name=run.name)
+    plan = _as_launched(plan, trainer=trainer, module=module)
     config_path = directory / "config.yaml"
     if trainer.is_global_zero:
-        config_path = save(loaded.cfg, directory)
+        files = [os.path.abspath(f) for f in loaded.files]
+        config_path = save(loaded.cfg, directory, sources=loaded.files)
+        _write_run_info(directory, plan=plan, files=files)
+        # The one block a person launching a job reads first (rank 0 only, before the first step).
+        print(_start_block(plan, files), file=sys.stdout, flush=True)
     if resume_path is not None:
         log.info("resuming from %s", resume_path)
     from mergevq.data.samplers import ResumableDataModule
@@ -253,4 +288,72 @@ def train(
     # This run's newest checkpoint; a resumed run that had nothing left to do wrote none.
     last = saved[-1] if saved else find_resume_checkpoint(directory)
     return TrainResult(run_dir=directory, config_path=config_path, last_checkpoint=last, metrics=metrics,
-                       is_global_zero=trainer.is_global_zero, moved_aside=plan.moved_to)
+                       is_global_zero=trainer.is_global_zero, moved_aside=folder.moved_to, batch_plan=plan)
+
+
+# --------------------------------------------------------------------------------------------------
+# the batch plan and the start-up record
+
+
+def _plan_batch(loaded: LoadedConfig, settings: TrainerSettings) -> Any:
+    """The run's :class:`~mergevq.training.batch_plan.BatchPlan` from the config and the launcher's
+    ``WORLD_SIZE`` (None when the data section has no ``batch_size``). A derived accumulation is
+    written into ``model.params.accumulate_grad_batches``, its one home (and so into config.yaml)."""
+    from mergevq.backend import select_backend
+    from mergevq.training.batch_plan import (ACCUMULATION_KEY, BATCH_KEY, GLOBAL_BATCH_KEY, launched_world_size,
+                                             plan_batch)
+
+    per_device = OmegaConf.select(loaded.cfg, BATCH_KEY, default=None)
+    if per_device is None:
+        if settings.global_batch_size is not None:
+            raise ConfigError(f"{loaded.origin(GLOBAL_BATCH_KEY)}: {GLOBAL_BATCH_KEY} is set but the config has no "
+                              f"{BATCH_KEY} (the per-device batch) to derive the accumulation from")
+        return None
+    devices = select_backend(accelerator=settings.accelerator, precision=str(settings.precision),
+                             devices=settings.devices).devices
+    blamed = GLOBAL_BATCH_KEY if settings.global_batch_size is not None else BATCH_KEY
+    try:
+        plan = plan_batch(per_device_batch=per_device, devices=devices, num_nodes=settings.num_nodes,
+                          accumulation=OmegaConf.select(loaded.cfg, ACCUMULATION_KEY, default=None),
+                          global_batch_size=settings.global_batch_size, world_size=launched_world_size())
+    except ConfigError as err:
+        raise ConfigError(f"{loaded.origin(blamed)}: {err}") from None
+    if plan.derived:
+        OmegaConf.update(loaded.cfg, ACCUMULATION_KEY, plan.accumulation, force_add=True)
+        loaded.origins[ACCUMULATION_KEY] = loaded.origin(GLOBAL_BATCH_KEY)  # type: ignore[index]
+    return plan
+
+
+def _as_launched(plan: Any, *, trainer: Any, module: Any) -> Any:
+    """``plan`` checked against the processes Lightning really runs (a SLURM or torchrun world it
+    detected) and with the accumulation the module really uses."""
+    if plan is None:
+        return None
+    if trainer.world_size != plan.world_size:
+        raise ConfigError(
+            f"the job runs {trainer.world_size} processes but trainer.devices x trainer.num_nodes = {plan.devices} x "
+            f"{plan.num_nodes} = {plan.world_size}; pass the node count and devices per node the job really has"
+        )
+    accumulation = int(getattr(module, "accumulate_grad_batches", plan.accumulation))
+    return dataclasses.replace(plan, accumulation=accumulation,
+                               global_batch=plan.per_device_batch * plan.world_size * accumulation)
+
+
+def _start_block(plan: Any, files: Sequence[str]) -> str:
+    if plan is None:
+        return "\n".join(f"config: {path}" for path in files)
+    return plan.describe(config_files=files)
+
+
+def _write_run_info(directory: Path, *, plan: Any, files: Sequence[str]) -> Path:
+    """``run_info.yaml``: the batch plan and the absolute config files of this start of the run (a
+    resumed run on another node count rewrites it)."""
+    import yaml
+
+    from mergevq.fileio import atomic_write
+
+    info: dict[str, Any] = {"batch_plan": None if plan is None else plan.to_dict(), "config_files": list(files)}
+    path = directory / RUN_INFO_FILE
+    with atomic_write(path, text=True) as handle:
+        yaml.safe_dump(info, handle, sort_keys=False)
+    return path

@@ -128,6 +128,8 @@ class TokenizerModule(pl.LightningModule):
         ema_decay: decay of the generator EMA (read by ``mergevq.training.run`` to build the
             :class:`~mergevq.training.callbacks.EMACallback`).
         max_bad_steps: consecutive skipped (non-finite) steps before training stops with an error.
+        val_pictures: images in the pictures logged at every validation (reconstructions at K = L,
+            nominal and smallest K, and the merge groups: :mod:`mergevq.training.pictures`); 0: none.
         seed: the run seed (``run.seed``; supplied by the program, not set in ``model.params``): seeds
             the K sampler.
     """
@@ -155,6 +157,7 @@ class TokenizerModule(pl.LightningModule):
         grad_clip: float | None = None,
         ema_decay: float = 0.999,
         max_bad_steps: int = 5,
+        val_pictures: int = 8,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -180,6 +183,7 @@ class TokenizerModule(pl.LightningModule):
         _check_number("lr_drop_factor", lr_drop_factor, low=0, inclusive=False)
         _check_number("accumulate_grad_batches", accumulate_grad_batches, low=1, integer=True)
         _check_number("max_bad_steps", max_bad_steps, low=1, integer=True)
+        _check_number("val_pictures", val_pictures, low=0, integer=True)
         _check_number("seed", seed, low=0, integer=True)
         if grad_clip is not None:
             _check_number("grad_clip", grad_clip, low=0, inclusive=False)
@@ -230,6 +234,7 @@ class TokenizerModule(pl.LightningModule):
         self.grad_clip = None if grad_clip is None else float(grad_clip)
         self.ema_decay = float(ema_decay)
         self.max_bad_steps = max_bad_steps
+        self.val_pictures = val_pictures
         self.seed = seed
 
         # counters (checkpointed, see the module docstring)
@@ -240,6 +245,19 @@ class TokenizerModule(pl.LightningModule):
         self._window_ok: torch.Tensor | None = None
         if teacher is None and self.weights.align > 0:
             log.info("model.params.teacher is null: the global alignment loss is off (loss_weights.align ignored)")
+
+    # Read by mergevq.training.run for DDP's find_unused_parameters. Every trainable parameter gets a
+    # gradient in each training step (tests/test_unused_parameters.py), but not in each backward: the
+    # generator backward runs with the discriminator frozen and the discriminator backward with the
+    # tokenizer frozen, two backwards per DDP forward over disjoint parameter sets. DDP's reducer would
+    # wait for the other network's gradients after the first one; the unused-parameter search is what
+    # lets each backward reduce only the network it reached.
+    has_unused_parameters = True
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        from mergevq.training.pictures import ValidationPictures
+
+        return [ValidationPictures(num_images=self.val_pictures)] if self.val_pictures > 0 else []
 
     # ---------------------------------------------------------------------------------------------
     # optimisers
