@@ -1245,3 +1245,22 @@ def instantiate(
         _check_allowed(node, key, origins, allowed)
     _validate_node(node, key, origins, extra.keys())
     return _build_node(node, key, origins, extra)
+
+
+def section_values(cls: type, loaded: LoadedConfig, section: str) -> dict[str, Any]:
+    """The resolved ``section`` of ``loaded`` as a dict holding exactly the fields of the dataclass
+    ``cls``, each checked against its annotation; a missing or unknown key, or a wrong type, is one line
+    naming the file that set it."""
+    import dataclasses
+
+    names = [f.name for f in dataclasses.fields(cls)]
+    node = OmegaConf.to_container(loaded.select(section), resolve=True)
+    if not isinstance(node, Mapping):
+        raise ConfigError(f"{loaded.origin(section)}: '{section}' must be a mapping of the keys {', '.join(names)}")
+    unknown = sorted(set(node) - set(names))
+    missing = [n for n in names if n not in node]
+    if unknown or missing:
+        problem = f"unknown key(s) {', '.join(unknown)}" if unknown else f"missing key(s) {', '.join(missing)}"
+        raise ConfigError(f"{loaded.origin(section)}: {section} has {problem}; valid keys: {', '.join(names)}")
+    check_types(cls, node, key=section, origins=loaded.origins)
+    return dict(node)

@@ -72,19 +72,11 @@ class GenerationEvalSettings:
 
     @classmethod
     def from_loaded(cls, loaded) -> GenerationEvalSettings:
-        from omegaconf import OmegaConf
-
-        from mergevq.config import check_types
+        from mergevq.config import section_values
         from mergevq.errors import ConfigError
 
-        node = OmegaConf.to_container(loaded.select(_SECTION), resolve=True)
+        node = section_values(cls, loaded, _SECTION)
         names = [f.name for f in fields(cls)]
-        unknown = sorted(set(node) - set(names))
-        missing = [n for n in names if n not in node]
-        if unknown or missing:
-            problem = f"unknown key(s) {', '.join(unknown)}" if unknown else f"missing key(s) {', '.join(missing)}"
-            raise ConfigError(f"{loaded.origin(_SECTION)}: {_SECTION} has {problem}; valid keys: {', '.join(names)}")
-        check_types(cls, node, key=_SECTION, origins=loaded.origins)
         if node["ref"] is None:
             raise ConfigError(f"{_SECTION}.ref is not set: pass --ref REF or {_SECTION}.ref=REF")
         for name, least in (("batch_size", 1), ("kid_subset_size", 2)):

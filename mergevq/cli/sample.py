@@ -41,7 +41,6 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal
@@ -176,21 +175,11 @@ class SampleSettings:
     @classmethod
     def from_loaded(cls, loaded) -> SampleSettings:
         """From a :class:`mergevq.config.LoadedConfig`; errors name the file that set the key."""
-        from omegaconf import OmegaConf
-
-        from mergevq.config import check_types
+        from mergevq.config import section_values
         from mergevq.errors import ConfigError
 
-        node = OmegaConf.to_container(loaded.select(_SECTION), resolve=True)
+        node = section_values(cls, loaded, _SECTION)
         names = [f.name for f in fields(cls)]
-        if not isinstance(node, Mapping):
-            raise ConfigError(f"{loaded.origin(_SECTION)}: '{_SECTION}' must be a mapping of the keys {', '.join(names)}")
-        unknown = sorted(set(node) - set(names))
-        missing = [n for n in names if n not in node]
-        if unknown or missing:
-            problem = f"unknown key(s) {', '.join(unknown)}" if unknown else f"missing key(s) {', '.join(missing)}"
-            raise ConfigError(f"{loaded.origin(_SECTION)}: {_SECTION} has {problem}; valid keys: {', '.join(names)}")
-        check_types(cls, node, key=_SECTION, origins=loaded.origins)
         for name in ("ar", "tokenizer", "out"):
             if node[name] is None:
                 raise ConfigError(f"{_SECTION}.{name} is not set: pass {_flag(name)} or {_SECTION}.{name}=...")
