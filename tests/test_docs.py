@@ -213,3 +213,11 @@ def test_every_design_citation_resolves(sections):
 def test_readme_links_the_design_document():
     text = README.read_text(encoding="utf-8")
     assert re.search(r"\]\((?:\./)?docs/design\.md(?:#[^)]*)?\)", text), "README.md must link docs/design.md"
+
+
+def test_readme_has_no_html_comments_hiding_sections():
+    """An unclosed or stray ``<!--`` once hid ten sections of the README from the rendered page."""
+    text = README.read_text(encoding="utf-8")
+    assert "<!--" not in text and "-->" not in text
+    headings = [line for line in text.splitlines() if line.startswith("## ")]
+    assert len(headings) == len(set(headings)), "a README section heading appears twice"

@@ -278,6 +278,7 @@ def train(
             # data modules restore the position in the epoch through their own state (data/samplers.py).
             warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_path) if resume_path is not None else None)
+    _leave_process_group()
     saved = [c for c in trainer.callbacks if isinstance(c, PeriodicCheckpoint)][0].saved
     metrics = {}
     for key, value in trainer.callback_metrics.items():
@@ -289,6 +290,17 @@ def train(
     last = saved[-1] if saved else find_resume_checkpoint(directory)
     return TrainResult(run_dir=directory, config_path=config_path, last_checkpoint=last, metrics=metrics,
                        is_global_zero=trainer.is_global_zero, moved_aside=folder.moved_to, batch_plan=plan)
+
+
+def _leave_process_group() -> None:
+    """Lightning leaves the process group a torchrun launch made alive after ``fit``; at interpreter exit
+    gloo's threads were then seen to abort a rank (\"terminate called without an active exception\", exit
+    -6) after the run had finished. Every rank waits for the others, then the group is destroyed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 # --------------------------------------------------------------------------------------------------
