@@ -7,6 +7,10 @@ randomly initialised (same compute as the real ones; nothing is downloaded).
 
     python benchmarks/bench_train_step.py                                  # GR-d64, 256 px, batch 2, CPU
     python benchmarks/bench_train_step.py --device cuda --precision bf16 --batch 16
+    python benchmarks/bench_train_step.py --compile off --no-channels-last   # the plain eager NCHW step
+
+``--compile`` / ``--channels-last`` are the training module's own switch (``model.params.compile``,
+``model.params.channels_last``; mergevq/training/speed.py): the step measured is the one training runs.
 
 CPU peak memory is the process's peak resident set size (ru_maxrss) measured after the run; on CUDA
 it is torch.cuda.max_memory_allocated.
@@ -42,13 +46,19 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--no-teacher", action="store_true", help="leave out the DINOv2 teacher and student view")
+    parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                        help="model.params.compile (auto: compile on CUDA only)")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                        help="model.params.channels_last")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
     module = TokenizerModule(
         tokenizer=preset(args.preset), discriminator=PatchGANDiscriminator(), teacher=_teacher(not args.no_teacher),
         perceptual={"net": "vgg", "weights_path": None, "random_init": True},
+        compile=args.compile, channels_last=args.channels_last,
     ).to(device).train()
+    print(module.prepare_step(device).describe())
     (opt_g, opt_d), _ = module.configure_optimizers()
     size = module.tokenizer.config.image_size
     batch = {"image": torch.rand(args.batch, 3, size, size, device=device) * 2 - 1}
@@ -76,6 +86,8 @@ def main() -> None:
         peak = f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB allocated"
     else:
         peak = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB resident"
+    if not module.step_speed.compile and module.prepare_step(device).compile:
+        print(module.step_speed.describe() + " (compile failed, see the warning)")
     counts = module.tokenizer.parameter_counts()
     print(f"{args.preset} ({counts['total'] / 1e6:.1f}M params) at {size}px, batch {args.batch}, K={num_keep}, "
           f"{device.type} {args.precision}, {torch.get_num_threads()} threads, teacher={'off' if args.no_teacher else 'DINOv2-B'}")

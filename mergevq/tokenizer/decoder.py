@@ -103,10 +103,16 @@ class AdaptiveGroupNorm(nn.Module):
         return scale * self.norm(x) + shift
 
 
-def depth_to_space(x: torch.Tensor, block: int) -> torch.Tensor:
+def depth_to_space(x: torch.Tensor, block: int, *, channels_last: bool = False) -> torch.Tensor:
     """(B, block²·C, H, W) -> (B, C, block·H, block·W) in DCR order: output channel c at sub-pixel
-    (i, j) reads input channel (block·i + j)·C + c (``nn.PixelShuffle`` reads c·block² + block·i + j)."""
-    return rearrange(x, "b (i j c) h w -> b c (h i) (w j)", i=block, j=block)
+    (i, j) reads input channel (block·i + j)·C + c (``nn.PixelShuffle`` reads c·block² + block·i + j).
+
+    One copy either way; the output is contiguous (NCHW), or channels_last with ``channels_last``
+    (then the CNN after an up-sampling stays in NHWC)."""
+    if not channels_last:
+        return rearrange(x, "b (i j c) h w -> b c (h i) (w j)", i=block, j=block)
+    nhwc = rearrange(x.permute(0, 2, 3, 1), "b h w (i j c) -> b (h i) (w j) c", i=block, j=block)  # one copy
+    return nhwc.permute(0, 3, 1, 2)  # (B, C, bH, bW) with channels_last strides
 
 
 class DepthToSpaceUpsample(nn.Module):
@@ -115,9 +121,10 @@ class DepthToSpaceUpsample(nn.Module):
     def __init__(self, *, channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, 4 * channels, 3, padding=1)
+        self.channels_last = False  # output layout (MergeVQ.set_channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return depth_to_space(self.conv(x), 2)
+        return depth_to_space(self.conv(x), 2, channels_last=self.channels_last)
 
 
 class _UpLevel(nn.Module):
@@ -184,6 +191,8 @@ class Decoder(nn.Module):
         self.code_dim = code_dim
         self.grid = (int(grid[0]), int(grid[1]))
         self.upsample_factor = 2 ** (num_levels - 1)
+        # layout of the CNN half, set by MergeVQ.set_channels_last (None: as the token grid comes, NHWC)
+        self.memory_format: torch.memory_format | None = None
 
         # Transformer on the token grid.
         self.conv_in = nn.Conv2d(code_dim, dim, 3, padding=1)
@@ -243,7 +252,9 @@ class Decoder(nn.Module):
     def upsample_features(self, features: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """The CNN half: features (B, L, D) and conditioning map (B, code_dim, h, w) -> (B, out, H, W)."""
         h, w = self.grid
-        x = rearrange(features, "b (h w) c -> b c h w", h=h, w=w)  # (B, D, h, w)
+        x = rearrange(features, "b (h w) c -> b c h w", h=h, w=w)  # (B, D, h, w), an NHWC view
+        if self.memory_format is not None:
+            x = x.contiguous(memory_format=self.memory_format)
         for level in self.levels:
             x = level(x, cond)  # (B, W_i, ...), ×2 in H and W except at the finest level
         return self.conv_out(F.silu(self.norm_out(x)))  # (B, out_channels, H, W)

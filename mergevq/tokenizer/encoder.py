@@ -68,6 +68,9 @@ class CNNStem(nn.Module):
             )
         self.downsample_factor = 2 ** (len(mults) - 1)
         self.out_dim = ch * mults[-1]
+        # activation layout set by MergeVQ.set_channels_last (None: the input's); with channels_last
+        # the final flattening to tokens is a view instead of a copy
+        self.memory_format: torch.memory_format | None = None
         self.conv_in = nn.Conv2d(in_channels, ch, kernel_size=3, padding=1, bias=False)
         self.levels = nn.ModuleList()
         width = ch
@@ -83,6 +86,8 @@ class CNNStem(nn.Module):
             self.levels.append(level)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.memory_format is not None:
+            x = x.contiguous(memory_format=self.memory_format)
         h = self.conv_in(x)  # (B, ch, H, W)
         for level in self.levels:
             for block in level.blocks:

@@ -33,7 +33,7 @@ from mergevq.config import check_types
 from mergevq.errors import ConfigError, WeightsError
 from mergevq.fileio import atomic_write, load_weights_strict
 from mergevq.tokenizer.alignment import ClsHead
-from mergevq.tokenizer.decoder import Decoder
+from mergevq.tokenizer.decoder import Decoder, DepthToSpaceUpsample
 from mergevq.tokenizer.encoder import CNNStem, MergingEncoder, PatchStem
 from mergevq.tokenizer.merge import plan_merges
 from mergevq.tokenizer.quantizer import LFQ
@@ -391,12 +391,34 @@ class MergeVQ(nn.Module):
             raise ValueError(f"decode_raster expects (B, L={self.num_tokens}) indices, got {tuple(indices.shape)}")
         return self.decoder(self.quantizer.indices_to_codes(indices, dtype=self._dtype()))
 
-    def forward(self, x: torch.Tensor, num_keep: int, *, student_view: torch.Tensor | None = None) -> MergeVQOutput:
+    def set_channels_last(self, enabled: bool) -> None:
+        """Run the CNN stem and the decoder's CNN on channels_last (NHWC) activations, or NCHW.
+
+        A layout choice, not part of the architecture (not in the config; state-dict keys and values
+        are unchanged): the outputs are the same up to float rounding. The convolution weights are
+        stored in the same layout as their activations, so no convolution converts a weight on each
+        call (on a CPU those conversions were ~9 % of a GR-d64 training step); ``save_pretrained``
+        writes contiguous tensors either way."""
+        fmt = torch.channels_last if enabled else torch.contiguous_format
+        if isinstance(self.encoder.stem, CNNStem):
+            self.encoder.stem.memory_format = fmt
+        self.decoder.memory_format = fmt
+        for module in self.decoder.modules():
+            if isinstance(module, DepthToSpaceUpsample):
+                module.channels_last = enabled
+        self.to(memory_format=fmt)  # 4-D (convolution) weights only
+
+    def forward(
+        self, x: torch.Tensor, num_keep: int, *, student_view: torch.Tensor | None = None,
+        with_recovery: bool = True, with_cls: bool = True,
+    ) -> MergeVQOutput:
         """Reconstruct ``x`` keeping ``num_keep`` tokens and return everything the losses need.
 
         ``recovery_logits`` (B, L, K) train the learned recovery with cross-entropy against
         ``encoded.assign``; they are computed from detached codes, so the recovery loss does not
-        shape the encoder. At K = L there is nothing to recover and they are None. ``cls_feature``
+        shape the encoder. At K = L there is nothing to recover and they are None.
+        ``with_recovery=False`` / ``with_cls=False`` skip the recovery logits / the [CLS] head (None)
+        when no loss reads them. ``cls_feature``
         is the alignment head on the raw [CLS] of ``student_view`` (the strong 224 px view) when
         given, else on the reconstruction view's [CLS]. The student view merges the same number of
         tokens, L − K, as the reconstruction view (the authors' rule), so its own K differs.
@@ -404,10 +426,10 @@ class MergeVQ(nn.Module):
         encoded = self.encode(x, num_keep)
         reconstruction = self.decode_codes(encoded.codes, encoded.assign)
         logits = None
-        if self.recovery is not None and num_keep < self.num_tokens:
+        if with_recovery and self.recovery is not None and num_keep < self.num_tokens:
             logits = self.recovery(encoded.codes.detach())
         cls_feature = None
-        if self.cls_head is not None:
+        if with_cls and self.cls_head is not None:
             if student_view is None:
                 cls = encoded.cls
             else:

@@ -58,13 +58,12 @@ class LeCAMRegularizer(nn.Module):
             dist.all_reduce(means, op=dist.ReduceOp.SUM)
             means /= dist.get_world_size()
         means = means.to(self.ema_real.dtype)
-        if not bool(self.initialized):
-            self.ema_real.copy_(means[0])
-            self.ema_fake.copy_(means[1])
-            self.initialized.fill_(True)
-        else:
-            self.ema_real.mul_(self.decay).add_(means[0], alpha=1.0 - self.decay)
-            self.ema_fake.mul_(self.decay).add_(means[1], alpha=1.0 - self.decay)
+        # decay 0 on the first update sets the anchors to the first batch means; a tensor select, not
+        # a Python branch on the flag, so the training step reads nothing on the host
+        decay = torch.where(self.initialized, self.decay, 0.0).to(means.dtype)
+        self.ema_real.mul_(decay).add_(means[0] * (1.0 - decay))
+        self.ema_fake.mul_(decay).add_(means[1] * (1.0 - decay))
+        self.initialized.fill_(True)
 
     def forward(self, logits_real: Tensor, logits_fake: Tensor) -> Tensor:
         """D's logits on real and fake images (any shapes) → the scalar penalty (fp32 or wider)."""
@@ -73,12 +72,9 @@ class LeCAMRegularizer(nn.Module):
         with torch.autocast(device_type=logits_real.device.type, enabled=False):
             real = logits_real if logits_real.dtype == torch.float64 else logits_real.float()
             fake = logits_fake if logits_fake.dtype == torch.float64 else logits_fake.float()
-            if bool(self.initialized):
-                ema_real = self.ema_real.to(real.dtype)
-                ema_fake = self.ema_fake.to(fake.dtype)
-            else:  # eval before any training step (e.g. a sanity-check validation): local batch means
-                ema_real = real.detach().mean()
-                ema_fake = fake.detach().mean()
+            # before any update (eval, e.g. a sanity-check validation): the local batch means
+            ema_real = torch.where(self.initialized, self.ema_real.to(real.dtype), real.detach().mean())
+            ema_fake = torch.where(self.initialized, self.ema_fake.to(fake.dtype), fake.detach().mean())
             return torch.relu(real - ema_fake).pow(2).mean() + torch.relu(ema_real - fake).pow(2).mean()
 
     def extra_repr(self) -> str:
