@@ -26,7 +26,8 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from mergevq.ar.kv_cache import KVCache
+from mergevq.ar.kv_cache import IntraCache, KVCache
 from mergevq.ar.mask import MaskPolicy
 from mergevq.config import check_types
 from mergevq.errors import ConfigError, WeightsError
@@ -181,9 +182,10 @@ class CacheView:
     """What one cached attention call needs: the cache, this layer's index, and the slots (B, n) that
     the n new entries are written to."""
 
-    cache: KVCache
+    cache: KVCache | IntraCache
     layer: int
     slots: Tensor
+    span: int | None = None  # attend over the first ``span`` slots only (all when None)
 
 
 class SelfAttention(nn.Module):
@@ -200,7 +202,8 @@ class SelfAttention(nn.Module):
         q, k, v = rearrange(self.wqkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
         q, k = apply_rope(q, rope), apply_rope(k, rope)  # (B, H, n, head_dim)
         if cache is not None:
-            k, v = cache.cache.write(cache.layer, k, v, cache.slots)  # (B, H, capacity, head_dim)
+            k, v = cache.cache.write(cache.layer, k, v, cache.slots, span=cache.span)  # (B, H, span, head_dim)
+            k, v = k.to(q.dtype), v.to(q.dtype)  # no-op unless the cache stores another dtype than q's
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and cache is None)
         return self.wo(rearrange(out, "b h n d -> b n (h d)"))  # (B, n, D)
 
@@ -236,7 +239,46 @@ class MergeRatioEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(features, dim, bias=False), nn.SiLU(), nn.Linear(dim, dim, bias=False))
 
     def forward(self, ratio: Tensor) -> Tensor:
-        return self.mlp(sinusoidal_features(ratio * 1000.0, dim=self.features))  # (B, D)
+        features = sinusoidal_features(ratio * 1000.0, dim=self.features)  # (B, features), fp32
+        return self.mlp(features.to(self.mlp[0].weight.dtype))  # (B, D); bf16 weights take bf16 features
+
+
+def _packing_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+
+
+@contextmanager
+def packed_linears(model: nn.Module, *, rows: int) -> Iterator[bool]:
+    """CPU, fp32, no autocast: run every ``nn.Linear`` of ``model`` on oneDNN weights pre-packed for
+    ``rows`` input rows, for the duration of the block; yields whether packing is on.
+
+    Why: a decode step multiplies a few rows by every weight matrix. At 2 to 16 rows the default CPU
+    kernel reads 768 x 2304 fp32 weights at 3-4 GB/s, the pre-packed oneDNN kernel at 5-6 GB/s (48
+    distinct weights, one thread, the 2-core build machine: 1.7x at 2 and at 16 rows); the results are
+    the same up to float rounding. The packed copies
+    live only inside the block (they double the weight memory), the parameters are untouched, and
+    anywhere else (CUDA, bf16, autocast, a torch without oneDNN) this is a no-op."""
+    param = next(model.parameters())
+    usable = (param.device.type == "cpu" and param.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+              and _packing_available())
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)] if usable else []
+    for linear in linears:
+        packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), rows)
+        bias = None if linear.bias is None else linear.bias.detach()
+        # an instance attribute shadows the class's forward for this module only, until deleted below
+        linear.forward = _packed_forward(packed, bias)
+    try:
+        yield bool(linears)
+    finally:
+        for linear in linears:
+            del linear.forward
+
+
+def _packed_forward(packed: Tensor, bias: Tensor | None):
+    def forward(x: Tensor) -> Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+    return forward
 
 
 # --------------------------------------------------------------------------------------------------
@@ -329,10 +371,32 @@ class MergeAR(nn.Module):
         out = self._intra(hidden, sub[:, :-1])  # (N, n_sub, D)
         return tuple(head(out[:, s]) for s, head in enumerate(self.heads))
 
-    def next_sub_token_logits(self, hidden: Tensor, given: Tensor) -> Tensor:
-        """Sampling: logits (N, 2**bits_s) of sub-token ``s = given.shape[1]`` given s_0..s_{s-1}."""
+    def next_sub_token_logits(self, hidden: Tensor, given: Tensor, *, cache: IntraCache | None = None) -> Tensor:
+        """Sampling: logits (N, 2**bits_s) of sub-token ``s = given.shape[1]`` given s_0..s_{s-1}. With
+        ``cache`` (filled by the calls for sub-tokens 0..s-1 of this step, in order) only position s runs."""
         s = given.shape[1]
-        return self.heads[s](self._intra(hidden, given)[:, s])
+        if cache is None:
+            return self.heads[s](self._intra(hidden, given)[:, s])
+        x = (hidden if s == 0 else self.intra_embeddings[s - 1](given[:, s - 1]))[:, None]  # (N, 1, D)
+        rope = RopeTable(cos=self.intra_cos[s:s + 1], sin=self.intra_sin[s:s + 1])
+        slots = torch.full((x.shape[0], 1), s, dtype=torch.long, device=x.device)
+        for layer, block in enumerate(self.intra_blocks):
+            x = block(x, rope=rope, cache=CacheView(cache=cache, layer=layer, slots=slots, span=s + 1))
+        return self.heads[s](self.intra_norm(x)[:, 0])
+
+    def new_intra_cache(self, *, rows: int, dtype: torch.dtype | None = None) -> IntraCache:
+        cfg = self.config
+        param = self.class_embedding.weight
+        return IntraCache(depth=cfg.intra_depth, rows=rows, heads=cfg.heads, head_dim=cfg.dim // cfg.heads,
+                          length=len(cfg.sub_token_bits), dtype=dtype or self._cache_dtype(), device=param.device)
+
+    def _cache_dtype(self) -> torch.dtype:
+        """What K/V are computed in: the autocast dtype when autocast is on (bf16 halves the cache),
+        else the weights' dtype."""
+        param = self.class_embedding.weight
+        if torch.is_autocast_enabled(param.device.type):
+            return torch.get_autocast_dtype(param.device.type)
+        return param.dtype
 
     # ---- teacher-forced pass ----------------------------------------------------------------------
 
@@ -364,36 +428,41 @@ class MergeAR(nn.Module):
 
     # ---- cached pass (sampling) -------------------------------------------------------------------
 
-    def _cached_blocks(self, x: Tensor, *, rope: RopeTable, mask: Tensor, cache: KVCache, slots: Tensor) -> Tensor:
+    def _cached_blocks(self, x: Tensor, *, rope: RopeTable, mask: Tensor, cache: KVCache, slots: Tensor,
+                       span: int | None = None) -> Tensor:
         for layer, block in enumerate(self.blocks):
-            x = block(x, rope=rope, mask=mask, cache=CacheView(cache=cache, layer=layer, slots=slots))
+            x = block(x, rope=rope, mask=mask, cache=CacheView(cache=cache, layer=layer, slots=slots, span=span))
         return self.norm(x)
 
     def prefill(self, labels: Tensor, num_keep: Tensor, cache: KVCache) -> Tensor:
         """Write the prefix into ``cache`` (slots 0..P-1); returns the hidden state that predicts t_1 (B, D)."""
-        x = self.embed_prefix(labels, num_keep).to(cache.dtype)  # (B, P, D)
+        x = self.embed_prefix(labels, num_keep)  # (B, P, D), the weights' dtype (the cache may store bf16)
         slots = cache.admit_prefix()  # (B, P)
         mask = cache.prefix_mask()  # (B, 1, P, capacity): causal within the prefix
         return self._cached_blocks(x, rope=self._rope(slice(0, self.config.prefix)), mask=mask, cache=cache,
-                                   slots=slots)[:, -1]
+                                   slots=slots)[:, -1].contiguous()  # the decode step's input layout
 
-    def decode_step(self, tokens: Tensor, *, position: int, cache: KVCache) -> Tensor:
-        """Feed t_position (B,) (1-based position) through ``cache``; returns the hidden state that
-        predicts the next token (B, D)."""
-        slots = cache.admit(position, tokens)  # (B,) evicts, checks duplication, picks a slot
-        x = self.embed_tokens(tokens)[:, None].to(cache.dtype)  # (B, 1, D)
-        index = self.config.prefix + position - 1
-        return self._cached_blocks(x, rope=self._rope(slice(index, index + 1)), mask=cache.visible_mask(),
-                                   cache=cache, slots=slots[:, None])[:, 0]
+    def decode_step(self, tokens: Tensor, *, cache: KVCache, span: int | None = None) -> Tensor:
+        """Feed ``tokens`` (B,) at the cache's next position (``cache.step``); returns the hidden state
+        that predicts the next token (B, D). Static shapes, no host synchronisation: compiles whole with
+        ``torch.compile(fullgraph=True)``. ``span`` (``cache.span()``, a host int): attend over the first
+        ``span`` slots only; None = the whole capacity. The caller advances ``cache.fed``."""
+        index = (self.config.prefix - 1 + cache.step).view(1)  # sequence index of this entry (0-d -> (1,))
+        rope = RopeTable(cos=self.rope_cos.index_select(0, index), sin=self.rope_sin.index_select(0, index))
+        slots = cache.admit(tokens)  # (B,) evicts, checks duplication, picks a slot
+        x = self.embed_tokens(tokens)[:, None]  # (B, 1, D), the weights' dtype
+        return self._cached_blocks(x, rope=rope, mask=cache.visible_mask(span), cache=cache,
+                                   slots=slots[:, None], span=span)[:, 0]
 
-    def new_cache(self, *, batch: int, compressed: bool, max_unique: int, dtype: torch.dtype | None = None) -> KVCache:
-        """A static cache for ``batch`` rows; ``max_unique`` sizes the compressed cache (it grows if a row
-        produces more unique tokens)."""
+    def new_cache(self, *, batch: int, compressed: bool, max_unique: int, dtype: torch.dtype | None = None,
+                  bounded: bool = False) -> KVCache:
+        """A static cache for ``batch`` rows; ``max_unique`` sizes the compressed cache (it grows, between
+        steps, if a row produces more unique tokens, unless ``bounded``: the sampler guarantees it cannot)."""
         cfg = self.config
         param = self.class_embedding.weight
         return KVCache(depth=cfg.depth, batch=batch, heads=cfg.heads, head_dim=cfg.dim // cfg.heads,
                        policy=cfg.mask_policy, length=self.num_tokens, compressed=compressed,
-                       max_unique=max_unique, dtype=dtype or param.dtype, device=param.device)
+                       max_unique=max_unique, dtype=dtype or self._cache_dtype(), device=param.device, bounded=bounded)
 
     # ---- save / load ------------------------------------------------------------------------------
 

@@ -3,7 +3,8 @@
     mergevq sample --ar AR --tokenizer TOK --out DIR [KEY=VALUE ...] [--config sample/base]
                    [--per-class 50] [--classes 0 1 ...] [--seed 0] [--num-keep K]
                    [--cfg-scale S[,S2]] [--cfg-schedule constant|linear] [--temperature T[,T2]]
-                   [--top-k K[,K2]] [--top-p P[,P2]] [--full-cache] [--write both|png|npz]
+                   [--top-k K[,K2]] [--top-p P[,P2]] [--full-cache] [--exact-k] [--[no-]compile]
+                   [--write both|png|npz]
                    [--batch-size 32] [--devices N] [--accelerator auto] [--precision 32] [--overwrite]
 
 Every setting is a key of the ``sample`` section of the config (default configs/sample/base.yaml,
@@ -21,6 +22,13 @@ Per-sub-token settings: ``--cfg-scale``, ``--temperature``, ``--top-k`` and ``--
 sampler reads them: ``-t 1.1,1.0 --cfg-scale 1.75,1.85`` is temperature 1.1 and guidance 1.75 on
 sub-token 0, 1.0 and 1.85 on sub-token 1. ``--cfg-scale 1.75 1.85`` (space) is the same pair.
 
+``--exact-k``: once a sample holds K distinct indices, later tokens may only repeat one of them (each
+sub-token is drawn from the values consistent with an index already produced), so every image is a
+true K-token image and the compressed KV cache has the fixed size P + K + w. Off by default (the paper
+samples freely and a sample may hold more than K distinct indices). Recorded in the folder's claim:
+the two modes never share a folder. ``--compile`` / ``--no-compile``: the compiled decode step
+(default: on for CUDA, off for CPU); the same samples up to float rounding.
+
 Writes ``DIR/samples.npz`` (``arr_0`` N x H x W x 3 uint8 in sample order, ``arr_1`` labels; the input
 of ``mergevq evaluate-generation`` and of guided-diffusion's evaluator), ``DIR/png/<i>_<label>.png`` and
 ``DIR/sample.json`` (settings, config files, counts, KV-cache statistics, speed). Under torchrun each
@@ -31,7 +39,7 @@ Resuming: a run that was killed or failed is continued by running the same comma
 --batch-size, any number of processes): finished samples are kept, the others are generated with
 their own seeds, and the npz equals an uninterrupted run's. A finished DIR is left as it is. DIR
 holding samples of other settings (weights, classes, seed, K, sampling options, cache, precision,
---write) is refused unless --overwrite, which replaces them; any other non-empty DIR is refused.
+--exact-k, --write) is refused unless --overwrite, which replaces them; any other non-empty DIR is refused.
 Options may come anywhere; KEY=VALUE overrides may also follow them.
 """
 
@@ -93,6 +101,11 @@ def add_parser(subparsers) -> None:
                         help="one value or a comma list per sub-token; 1 = off (sample.top_p)")
     parser.add_argument("--full-cache", action="store_true",
                         help="keep every K/V, no duplicate eviction (sample.cache=full)")
+    parser.add_argument("--exact-k", action="store_true",
+                        help="at most K distinct indices per sample: once K are produced, only repeat them "
+                             "(sample.exact_k=true)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="compiled decode step (sample.compile; default: on for CUDA, off for CPU)")
     parser.add_argument("--write", choices=tuple(_WRITE), default=None, help="what to write (sample.write)")
     add_common_flags(parser, keys=_FLAG_KEYS)
     parser.add_argument("--overwrite", action="store_true",
@@ -132,6 +145,10 @@ def _own_overrides(args: argparse.Namespace) -> list[str]:
         overrides.append(f"{_SECTION}.{name}={json.dumps(value)}")
     if args.full_cache:
         overrides.append(f"{_SECTION}.cache=full")
+    if args.exact_k:
+        overrides.append(f"{_SECTION}.exact_k=true")
+    if args.compile is not None:
+        overrides.append(f"{_SECTION}.compile={json.dumps(args.compile)}")
     return overrides
 
 
@@ -166,6 +183,8 @@ class SampleSettings:
     top_p: float | list[float]
     cfg_schedule: Literal["constant", "linear"]
     cache: Literal["compressed", "full"]
+    exact_k: bool
+    compile: bool | None
     write: Literal["both", "png", "npz"]
     batch_size: int
     devices: int | Literal["auto"] | None
@@ -200,7 +219,7 @@ class SampleSettings:
         try:
             return SamplingSettings(cfg_scale=given(self.cfg_scale), cfg_schedule=self.cfg_schedule,
                                     temperature=given(self.temperature), top_k=given(self.top_k),
-                                    top_p=given(self.top_p))
+                                    top_p=given(self.top_p), exact_k=self.exact_k)
         except ValueError as err:
             raise ConfigError(f"sampling settings: {err}") from None
 
@@ -263,6 +282,7 @@ def run(args: argparse.Namespace) -> int:
     settings = config.sampling()
     _check_devices(config.devices)
     backend = select_backend(accelerator=config.accelerator, precision=config.precision)
+    autocast_dtype = backend.inference_autocast_dtype("mergevq sample")
     model = load_mergear(config.ar)
     tokenizer = load_tokenizer(config.tokenizer)
     resolved = per_sub_token(settings, num_sub_tokens=len(model.config.sub_token_bits))
@@ -284,7 +304,8 @@ def run(args: argparse.Namespace) -> int:
                                 settings=settings, seed=config.seed, out_dir=config.out,
                                 batch_size=config.batch_size, device=device, context=ctx, write_png=write_png,
                                 write_npz=write_npz, compressed_cache=config.cache == "compressed",
-                                autocast_dtype=backend.autocast_dtype, overwrite=args.overwrite, run_info=run_info,
+                                compile=config.compile,
+                                autocast_dtype=autocast_dtype, overwrite=args.overwrite, run_info=run_info,
                                 progress=_report_resume(config.out) if ctx.is_main else None)
         if ctx.is_main:
             _print(result)

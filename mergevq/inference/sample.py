@@ -19,7 +19,7 @@ Output layout (``out_dir``)::
     .parts/                     while unfinished: the samples done so far (:mod:`.sample_store`)
 
 Resuming. The folder is claimed with every setting that decides the images (both models' weights
-ids, labels, seed, K, sampling settings, cache mode, precision, device type, what is written): an
+ids, labels, seed, K, sampling settings with exact-K, cache mode, precision, device type, what is written): an
 earlier run with the same settings is continued, one with other settings is refused unless
 ``overwrite``. Each finished sample is recorded in ``.parts`` after its pixels and PNG are stored,
 so a killed run keeps it; the next run, with any batch size and number of processes, splits only
@@ -168,6 +168,8 @@ def _claimed_settings(settings: SamplingSettings, model: MergeAR) -> dict[str, A
             continue
         values = list(settings.values(name, count))
         claim[name] = values if name == "cfg_scale" or len(set(values)) > 1 else values[0]
+    if settings.exact_k:  # absent when off: folders written before exact-K existed keep their claim
+        claim["exact_k"] = True
     return claim
 
 
@@ -213,6 +215,7 @@ def sample_to_disk(
     write_png: bool = True,
     write_npz: bool = True,
     compressed_cache: bool = True,
+    compile: bool | None = None,
     autocast_dtype: torch.dtype | None = None,
     overwrite: bool = False,
     run_info: Mapping[str, Any] | None = None,
@@ -222,8 +225,9 @@ def sample_to_disk(
     write the layout of the module docstring, resuming an interrupted run into ``out_dir``.
     ``overwrite``: replace an earlier run made with other settings (otherwise refused);
     ``run_info``: JSON-able fields recorded in ``sample.json`` before the statistics;
-    ``progress``: called on every rank that passes it (see :class:`SamplingProgress`). Every rank
-    calls it with the same arguments."""
+    ``compile``: the compiled decode step (None: on for CUDA, off for CPU; the same samples up to float
+    rounding, so not part of the claim); ``progress``: called on every rank that passes it (see
+    :class:`SamplingProgress`). Every rank calls it with the same arguments."""
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     if not (write_png or write_npz):
@@ -287,7 +291,7 @@ def sample_to_disk(
             with autocast:
                 generated = generate(model, labels=batch_labels.to(device), num_keep=num_keep,
                                      seeds=sample_seeds(seed, indices.tolist()), settings=settings,
-                                     compressed_cache=compressed_cache)
+                                     compressed_cache=compressed_cache, compile=compile)
                 decoded = tokenizer.decode_raster(generated.indices)  # (B, L) -> (B, 3, H, W)
             pixels = to_uint8(decoded.float())  # (B, H, W, 3) uint8 on the host
             if pixels.shape[1:] != shape:
@@ -326,7 +330,7 @@ def sample_to_disk(
         if write_npz:
             _write_npz(out, store=store, labels=labels)
         with atomic_write(out / RECORD_FILE, text=True) as handle:
-            json.dump({**(run_info or {}), **result.to_dict()}, handle, indent=2)
+            json.dump({**(run_info or {}), "exact_k": settings.exact_k, **result.to_dict()}, handle, indent=2)
             handle.write("\n")
         store.remove()
     barrier()
