@@ -251,6 +251,15 @@ class Backend:
         """dtype for ``torch.autocast(device_type=self.device_type, ...)`` or None (no autocast)."""
         return _AUTOCAST_DTYPE.get(self.precision)
 
+    def inference_autocast_dtype(self, command: str) -> torch.dtype | None:
+        """:attr:`autocast_dtype` for an inference ``command``, which loads fp32 weights and autocasts:
+        ``bf16-true`` (bf16 weights, a Lightning training setting) would silently run fp32 there, so it
+        is refused with the setting to use instead."""
+        if self.precision == "bf16-true":
+            raise BackendError(f"precision=bf16-true is a training setting; {command} runs bf16 as "
+                               "precision=bf16-mixed (bf16 autocast over fp32 weights)")
+        return self.autocast_dtype
+
     def precision_plugin(self) -> Any | None:
         """An explicit Lightning precision plugin where the ``precision`` string would be wrong.
 

@@ -431,3 +431,11 @@ def test_npu_fit(tmp_path):
     trainer = Trainer(**b.trainer_kwargs(), max_steps=2, default_root_dir=tmp_path, **_QUIET)
     trainer.fit(_Tiny(), _loader())
     assert trainer.global_step == 2
+
+
+def test_inference_commands_refuse_bf16_true_and_autocast_bf16_mixed():
+    """Inference loads fp32 weights and autocasts: bf16-true would silently run fp32 there."""
+    with pytest.raises(BackendError, match=r"bf16-true.*mergevq sample.*bf16-mixed"):
+        Backend("cpu", "bf16-true", 1).inference_autocast_dtype("mergevq sample")
+    assert Backend("cpu", "bf16-mixed", 1).inference_autocast_dtype("mergevq sample") is torch.bfloat16
+    assert Backend("cpu", "32-true", 1).inference_autocast_dtype("mergevq sample") is None

@@ -149,6 +149,7 @@ def prepare_eval(args: argparse.Namespace) -> EvalSetup:
 
     backend = select_backend(accelerator=str(settings["accelerator"]), precision=str(settings["precision"]),
                              devices=settings["devices"])
+    autocast_dtype = backend.inference_autocast_dtype("mergevq evaluate-tokenizer")
     context = init_from_env(backend=backend.ddp_process_group_backend)
     print_config_files(loaded.files, is_main=context.is_main)
     device = backend.device(context.local_rank)
@@ -175,7 +176,7 @@ def prepare_eval(args: argparse.Namespace) -> EvalSetup:
     settings["num_keep"] = list(num_keep)  # what runs, recorded in the JSON
     return EvalSetup(model=model, dataset=dataset, num_keep=tuple(num_keep), settings=settings,
                      data_node=OmegaConf.to_container(loaded.select("data.params.validation"), resolve=True),
-                     config_files=loaded.files, device=device, autocast_dtype=backend.autocast_dtype,
+                     config_files=loaded.files, device=device, autocast_dtype=autocast_dtype,
                      context=context)
 
 

@@ -167,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
     settings = ExtractSettings.from_node(OmegaConf.to_container(loaded.select("extract"), resolve=True),
                                          source=loaded.origin("extract"))
     backend = select_backend(accelerator=settings.accelerator, precision=settings.precision)
+    autocast_dtype = backend.inference_autocast_dtype("mergevq extract-codes")
     ctx = init_from_env(backend=backend.ddp_process_group_backend)
     try:
         plan.apply_on_main(is_main=ctx.is_main)
@@ -177,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
         result = extract_codes(
             model.to(device).eval(), dataset, out_dir=out_dir, k_candidates=settings.k_candidates,
             seed=settings.seed, flip=settings.flip, batch_size=settings.batch_size,
-            num_workers=settings.num_workers, device=device, autocast_dtype=backend.autocast_dtype,
+            num_workers=settings.num_workers, device=device, autocast_dtype=autocast_dtype,
             dist=ctx, dataset_description=description, force=args.overwrite,
             progress=None,
         )

@@ -293,6 +293,7 @@ def fit_linear_probe(
 
     pl.seed_everything(settings.seed, workers=True, verbose=False)
     backend = select_backend(accelerator=settings.accelerator, precision=str(settings.precision), devices=1)
+    autocast_dtype = backend.inference_autocast_dtype("linear-probe feature extraction")
     device = backend.device(0)
     encoder = ProbeEncoder(tokenizer=tokenizer, num_keep=settings.num_keep, feature=settings.feature)
 
@@ -300,7 +301,7 @@ def fit_linear_probe(
 
     def features_of(dataset: Dataset, where: str) -> ProbeFeatures:
         return extract_features(encoder, dataset, batch_size=settings.extract_batch_size, num_workers=num_workers,
-                                device=device, autocast_dtype=backend.autocast_dtype, where=where)
+                                device=device, autocast_dtype=autocast_dtype, where=where)
 
     val = features_of(validation, "data.params.validation")
     train_features = features_of(train, "data.params.train") if settings.precompute else None
