@@ -106,11 +106,12 @@ def _npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _assert_same_samples(a: np.ndarray, b: np.ndarray) -> None:
     """The same token grids decode to the same pixels up to float rounding: the decoder's batched
-    convolutions round differently for another batch shape, which can move a pixel by one grey
-    level. A different seed or sample order changes nearly every pixel."""
+    convolutions round differently for another batch shape or memory layout (the commands load the
+    tokenizer channels_last), which can move a value by one grey level (measured: 0.14 % of the
+    values). A different seed or sample order changes nearly every pixel."""
     assert a.shape == b.shape
     diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
-    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-2, (diff.max(), (diff > 0).mean())
 
 
 def test_seeds_depend_on_global_seed_and_index_only():
@@ -316,7 +317,10 @@ def test_cli_output_folder_rules(models, tmp_path, capsys):
     assert "seed: 7 there, 8 now" in line and "--overwrite" in line
     assert main(_cli(models, out, "--classes", "1", "3", "--seed", "7", "--full-cache")) == 2
     assert "cache: 'compressed' there, 'full' now" in _one_error_line(capsys)
+    assert main(_cli(models, out, "--classes", "1", "3", "--seed", "7", "--exact-k")) == 2  # issue 14: modes never mix
+    assert "exact_k" in _one_error_line(capsys)
     assert _mtimes(out) == before
+    assert json.loads((out / RECORD_FILE).read_text())["exact_k"] is False
     # --overwrite replaces: exactly the new set of samples is left
     assert main(_cli(models, out, "--classes", "4", "--seed", "8", "--overwrite")) == 0
     assert sorted(p.name for p in (out / PNG_DIR).iterdir()) == [png_name(0, 4)]
@@ -428,6 +432,19 @@ def test_flags_keys_and_recipe_config_mean_the_same(models, tmp_path, capsys):
                 "sample.temperature=[1.1,1.0]", "--top-k", "0", "sample.top_p=1")
     assert main(same) == 0
     assert "already holds these 1 samples; nothing to do" in capsys.readouterr().out
+
+
+def test_exact_k_flag_reaches_the_sampler_and_the_record(models, tmp_path):
+    """issue 14: --exact-k samples what the library samples with exact_k; the record says which mode."""
+    out = tmp_path / "exact"
+    assert main(_cli(models, out, "--classes", "1", "3", "--seed", "7", "--exact-k", "--num-keep", "2",
+                     "--no-compile")) == 0
+    record = json.loads((out / RECORD_FILE).read_text())
+    assert record["exact_k"] is True and record["mean_unique_tokens"] <= 2 and record["cache_capacity"] == 2 + 2 + 4
+    settings = SamplingSettings(cfg_scale=1.0, temperature=1.0, exact_k=True)
+    sample_to_disk(models["model"], models["tokenizer"], labels=torch.tensor([1, 3]), num_keep=2, settings=settings,
+                   seed=7, out_dir=tmp_path / "lib", batch_size=2, device=CPU, write_png=False)
+    _assert_same_samples(_npz(tmp_path / "lib")[0], _npz(out)[0])
 
 
 def test_progress_bar_on_rank_zero(models, tmp_path, capsys, monkeypatch):

@@ -82,7 +82,15 @@ def export_tokenizer(
 def load_tokenizer(source: str | os.PathLike, *, raw: bool = False) -> MergeVQ:
     """The tokenizer every evaluation / extraction / sampling command takes, in eval mode, from any
     of: an exported folder (``config.json`` + ``model.safetensors``), a ``mergevq train`` run
-    directory (its newest complete checkpoint; EMA weights unless ``raw``) or a checkpoint file."""
+    directory (its newest complete checkpoint; EMA weights unless ``raw``) or a checkpoint file.
+    Its CNN runs channels_last, as in training (README "Performance": encode + decode 1.2x faster on a
+    CPU; the same values up to float rounding)."""
+    model = _load_tokenizer(source, raw=raw)
+    model.set_channels_last(True)
+    return model
+
+
+def _load_tokenizer(source: str | os.PathLike, *, raw: bool) -> MergeVQ:
     from mergevq.training.checkpoint import CHECKPOINT_DIR, find_resume_checkpoint
 
     path = Path(source).expanduser()
