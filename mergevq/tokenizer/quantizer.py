@@ -182,7 +182,9 @@ def _half_code_probs(log_p1: Tensor, log_p0: Tensor) -> Tensor:
     bits = (torch.arange(1 << k, device=device).unsqueeze(-1) >> torch.arange(k, device=device)) & 1
     bits = bits.to(log_p1.dtype).t()  # (k, 2^k); k = 0 gives the single empty sub-code
     selector = torch.cat([bits, 1 - bits], dim=0)  # (2k, 2^k)
-    return torch.exp(torch.cat([log_p1, log_p0], dim=-1) @ selector)  # (M, 2^k)
+    # exp in place: the matmul's backward needs only its inputs, so its output buffer is reused
+    # (one (M, 2^k) matrix less at the peak)
+    return (torch.cat([log_p1, log_p0], dim=-1) @ selector).exp_()  # (M, 2^k)
 
 
 def summed_code_probs(logits: Tensor, entropy_split: int) -> Tensor:
