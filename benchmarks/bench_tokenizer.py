@@ -32,12 +32,15 @@ def main() -> None:
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="bf16: torch.autocast(bfloat16) around encode and decode, fp32 weights")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                        help="channels_last CNN, as the inference commands load the tokenizer")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = MergeVQ(config=preset(args.preset)).to(device).eval()
+    model.set_channels_last(args.channels_last)
     cfg = model.config
     ks = [int(k) for k in args.ks.split(",")] if args.ks else [cfg.num_tokens, cfg.num_keep, min(cfg.k_candidates)]
     x = torch.rand(args.batch, 3, cfg.image_size, cfg.image_size, device=device) * 2 - 1
