@@ -11,6 +11,7 @@ single-process result row for row (no padding, no duplicated samples).
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -69,7 +70,13 @@ def init_from_env(*, backend: str) -> DistContext:
 
 
 def shutdown() -> None:
+    """Leave the process group. On the normal path every rank first waits for the others: gloo was
+    seen to abort a rank at exit ("terminate called without an active exception") whose peer had
+    already torn the group down. While an exception propagates (a ``finally``), no collective is
+    entered: the other ranks may never reach it."""
     if is_distributed():
+        if sys.exc_info()[0] is None:
+            dist.barrier()
         dist.destroy_process_group()
 
 

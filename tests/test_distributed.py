@@ -50,6 +50,7 @@ def _gather_worker(rank, world, init_file, out_dir):
         total = D.all_reduce_sum(torch.tensor([float(len(part))]))
         if rank == 0:
             torch.save({"gathered": gathered, "total": total}, f"{out_dir}/gather.pt")
+        dist.barrier()  # all ranks done before any tears the group down (gloo aborts a rank whose peer left)
     finally:
         dist.destroy_process_group()
 

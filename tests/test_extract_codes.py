@@ -199,6 +199,7 @@ def _rank_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         extract_codes(MergeVQ.from_pretrained(root / "tokenizer"), _Pick(demo, 7), out_dir=root / "two",
                       k_candidates=CANDIDATES, seed=7, flip=True, batch_size=3,
                       dist=DistContext(rank=rank, world_size=world, local_rank=rank))
+        dist.barrier()  # all ranks done before any tears the group down (gloo aborts a rank whose peer left)
     finally:
         dist.destroy_process_group()
 

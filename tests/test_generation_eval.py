@@ -263,6 +263,7 @@ def _features_worker(rank, world, init_file, out_dir):
         features = extract_features(load_images(root / "images"), inception=inception, device=CPU, batch_size=2,
                                     ctx=DistContext(rank=rank, world_size=world, local_rank=rank))
         torch.save({"pool": features.pool, "skipped": features.skipped}, root / f"rank{rank}.pt")
+        dist.barrier()  # all ranks done before any tears the group down (gloo aborts a rank whose peer left)
     finally:
         dist.destroy_process_group()
 

@@ -147,6 +147,7 @@ def _lecam_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         reg(torch.full((3,), 2.0 * rank), torch.full((3,), -2.0 * rank))
         reg(torch.full((3,), 2.0 + 2.0 * rank), torch.full((3,), -2.0 - 2.0 * rank))
         torch.save({"ema_real": reg.ema_real, "ema_fake": reg.ema_fake}, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # all ranks done before any tears the group down (gloo aborts a rank whose peer left)
     finally:
         dist.destroy_process_group()
 

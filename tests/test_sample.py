@@ -163,6 +163,7 @@ def _two_rank_worker(rank, world, init_file, out_dir):
         # a 1-process run interrupted after 1 sample, resumed by 2 processes (one missing sample each)
         _run(models, root / "resumed", labels=class_labels(classes=[2, 9, 5], per_class=1), batch_size=2,
              context=context)
+        dist.barrier()  # all ranks done before any tears the group down (gloo aborts a rank whose peer left)
     finally:
         dist.destroy_process_group()
 

@@ -173,6 +173,7 @@ def _rank_worker(rank, world, init_file, out_dir):
         root = Path(out_dir)
         result = _evaluate(root, DistContext(rank=rank, world_size=world, local_rank=rank), lpips=False)
         torch.save(result.to_dict(), root / f"rank{rank}.pt")
+        dist.barrier()  # all ranks done before any tears the group down (gloo aborts a rank whose peer left)
     finally:
         dist.destroy_process_group()
 
