@@ -45,6 +45,20 @@ class AuthorsCode:
     python: Path  # an interpreter whose environment imports it
 
 
+def add_comparison_arguments(parser: argparse.ArgumentParser, *, rounds: int, reps: int, unit: str,
+                             warmup: int | None = 1) -> None:
+    """What every side-by-side script takes: where the authors' code is (:func:`add_authors_arguments`),
+    ``--rounds``, ``--reps`` (timed ``unit`` per round and side), ``--warmup`` (untimed ones before
+    them; None: the script has none), ``--threads`` and ``--json``."""
+    add_authors_arguments(parser)
+    parser.add_argument("--rounds", type=int, default=rounds, help="alternating rounds (each side once per round)")
+    parser.add_argument("--reps", type=int, default=reps, help=f"timed {unit} per round and side")
+    if warmup is not None:
+        parser.add_argument("--warmup", type=int, default=warmup, help=f"untimed {unit} before them")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads in each worker")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+
+
 def add_authors_arguments(parser: argparse.ArgumentParser) -> None:
     """``--authors-code DIR`` and ``--authors-python PATH``, defaulting to the environment variables."""
     parser.add_argument(

@@ -27,13 +27,12 @@ import argparse
 import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
 from _authors import (
     REPO_ROOT,
     WORKERS_DIR,
-    add_authors_arguments,
+    add_comparison_arguments,
     alternate,
     find_authors_code,
     median,
@@ -63,18 +62,13 @@ def _seconds(rounds: list[dict]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    add_authors_arguments(parser)
+    add_comparison_arguments(parser, rounds=3, reps=1, unit="sample calls")
     parser.add_argument("--batches", default="1,8", help="comma-separated images per sample call")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (each side once per round)")
-    parser.add_argument("--reps", type=int, default=1, help="timed sample calls per round and side")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed sample calls before them")
     parser.add_argument("--grid", type=int, default=16, help="token grid side (256 tokens at 16)")
     parser.add_argument("--cache", choices=("compressed", "full"), default="compressed", help="our KV cache")
     parser.add_argument("--exact-k", action="store_true", help="our exact-K mode (K = --num-keep)")
     parser.add_argument("--num-keep", type=int, default=144)
     parser.add_argument("--compile", action="store_true", help="our compiled decode step")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads in each worker")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
 
     authors = find_authors_code(args)

@@ -21,12 +21,11 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-from pathlib import Path
 
 from _authors import (
     REPO_ROOT,
     WORKERS_DIR,
-    add_authors_arguments,
+    add_comparison_arguments,
     alternate,
     find_authors_code,
     median,
@@ -52,17 +51,13 @@ def _summary(rounds: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    add_authors_arguments(parser)
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (each side once per round)")
-    parser.add_argument("--reps", type=int, default=10, help="timed calls of ours per round")
+    add_comparison_arguments(parser, rounds=2, reps=10, unit="calls (theirs: --authors-reps)", warmup=None)
     parser.add_argument("--authors-reps", type=int, default=1, help="timed calls of theirs per round")
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=144)
     parser.add_argument("--z-scale", type=float, default=0.01, help="z = z_scale * N(0, 1)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads in each worker")
     parser.add_argument("--min-free-gb", type=float, default=14.0, help="free memory their side waits for")
     parser.add_argument("--wait-free-s", type=float, default=900.0, help="how long it waits at most")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
 
     authors = find_authors_code(args)

@@ -20,12 +20,11 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-from pathlib import Path
 
 from _authors import (
     REPO_ROOT,
     WORKERS_DIR,
-    add_authors_arguments,
+    add_comparison_arguments,
     alternate,
     find_authors_code,
     median,
@@ -55,16 +54,11 @@ def _summary(rounds: list[dict], batch: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    add_authors_arguments(parser)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (each side once per round)")
-    parser.add_argument("--reps", type=int, default=2, help="timed encode + decode per round and side")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed encode + decode before them")
+    add_comparison_arguments(parser, rounds=3, reps=2, unit="encode + decode")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--num-keep", type=int, default=144, help="K (theirs: merge_num = 256 - K)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads in each worker")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                         help="our side: MergeVQ.set_channels_last (NHWC CNN stem and decoder CNN)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     if not 0 < args.num_keep <= NUM_TOKENS:
         parser.error(f"--num-keep must be in [1, {NUM_TOKENS}], got {args.num_keep}")
