@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-import time
 
 import torch
 from _authors import (
@@ -40,20 +39,7 @@ from _authors import (
     run_worker,
     write_json,
 )
-
-
-def memory_bandwidth(*, threads: int, mib: int = 512, reps: int = 5) -> float:
-    """Bytes/s of a large tensor copy (read + write), best of ``reps`` (other load only slows it)."""
-    torch.set_num_threads(threads)
-    src = torch.ones(mib * 2**20 // 4)
-    dst = torch.empty_like(src)
-    dst.copy_(src)  # fault the pages in
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        dst.copy_(src)
-        times.append(time.perf_counter() - t0)
-    return 2 * src.numel() * src.element_size() / min(times)
+from _flops import measured_bandwidth
 
 
 def _seconds(rounds: list[dict]) -> float:
@@ -108,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(["batch", "authors tok/s", "ours tok/s", "ours / authors", "ours ms/step"], rows)
 
     step_bytes = raw[next(iter(raw))]["ours"][-1]["step_weight_bytes"]
-    bandwidth = memory_bandwidth(threads=args.threads)
+    torch.set_num_threads(args.threads)
+    bandwidth = measured_bandwidth(torch.device("cpu"), nbytes=512 * 2**20)
     floor_ms = 1e3 * step_bytes / bandwidth
     print(f"weight-read floor: {step_bytes / 2**20:.0f} MiB of weights per step / {bandwidth / 1e9:.1f} GB/s "
           f"(copy of 512 MiB) = {floor_ms:.1f} ms per step, {1e3 / floor_ms:.1f} steps/s")
