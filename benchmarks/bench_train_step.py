@@ -30,7 +30,8 @@ from mergevq.training.tokenizer_module import TokenizerModule
 from taming.modules.discriminator.patchgan import PatchGANDiscriminator
 
 
-def _teacher(with_teacher: bool) -> Teacher | None:
+def random_teacher(with_teacher: bool) -> Teacher | None:
+    """A randomly initialised DINOv2-B teacher (same compute as the real one, nothing downloaded), or None."""
     if not with_teacher:
         return None
     from transformers import Dinov2Config, Dinov2Model
@@ -54,7 +55,7 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     module = TokenizerModule(
-        tokenizer=preset(args.preset), discriminator=PatchGANDiscriminator(), teacher=_teacher(not args.no_teacher),
+        tokenizer=preset(args.preset), discriminator=PatchGANDiscriminator(), teacher=random_teacher(not args.no_teacher),
         perceptual={"net": "vgg", "weights_path": None, "random_init": True},
         compile=args.compile, channels_last=args.channels_last,
     ).to(device).train()

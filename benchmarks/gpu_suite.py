@@ -273,17 +273,9 @@ def run_row(row: Row, settings: Settings, memory: Memory, body: Callable[[Row], 
 # training step
 
 
-def _teacher(enabled: bool):
-    if not enabled:
-        return None
-    from transformers import Dinov2Config, Dinov2Model
-
-    from mergevq.tokenizer.alignment import Teacher
-
-    return Teacher(model=Dinov2Model(Dinov2Config()), source="transformers")  # ViT-B/14, 768-d, random init
-
-
 def _train_module(settings: Settings):
+    from bench_train_step import random_teacher
+
     from mergevq.training.tokenizer_module import TokenizerModule
     from taming.modules.discriminator.patchgan import PatchGANDiscriminator
 
@@ -291,7 +283,7 @@ def _train_module(settings: Settings):
     return TokenizerModule(
         tokenizer=tokenizer_config(preset=settings.tokenizer_preset),
         discriminator=PatchGANDiscriminator(ndf=settings.disc_ndf, n_layers=settings.disc_layers),
-        teacher=_teacher(settings.teacher),
+        teacher=random_teacher(settings.teacher),
         perceptual={"net": settings.perceptual_net, "weights_path": None, "random_init": True},
         **train_module_switches(settings),
     ).to(settings.device).train()
