@@ -75,6 +75,7 @@ setup(
         "scikit-image>=0.22",
         "scikit-learn>=1.3",
         "tqdm>=4.60",
+        "matplotlib>=3.7",  # the experiment plots (mergevq experiment)
     ],
     extras_require={"test": ["pytest>=7.4", "pytest-timeout>=2.2"], "npu": [], "wandb": ["wandb>=0.16"]},
     entry_points={"console_scripts": ["mergevq=mergevq.cli:main"]},

@@ -22,6 +22,7 @@ from mergevq.cli import (
     demo,
     evaluate_generation,
     evaluate_tokenizer,
+    experiment,
     export,
     extract_codes,
     linear_probe,
@@ -46,6 +47,7 @@ _COMMANDS = (
     linear_probe,
     prepare_weights,
     demo,
+    experiment,
 )
 
 
