@@ -66,11 +66,17 @@ def test_mergear_vs_causal_quick_end_to_end(tmp_path):
     for p in policies:
         assert math.isfinite(p["heldout_nll"]) and 0 < p["heldout_nll"] < 20  # ln(2^18) = 12.5 at uniform
         assert math.isclose(p["heldout_nll"], sum(p["heldout_nll_sub"]), rel_tol=1e-9)
-        assert 1 <= p["kv_entries_mean"] <= p["kv_entries_max"] <= p["kv_slots"]
-        assert p["tokens_per_s"] > 0 and p["curve_steps"] and len(p["curve_steps"]) == len(p["curve_nll"])
+        for kind in ("heldout_kv", "free", "exact_k"):
+            kv = p[kind]
+            assert 1 <= kv["entries_mean"] <= kv["entries_max"] <= kv["slots"] and kv["tokens_per_s"] > 0
+        assert p["curve_steps"] and len(p["curve_steps"]) == len(p["curve_nll"])
+        assert p["exact_k"]["unique_tokens_mean"] <= 36  # exact-K: at most K distinct indices
     # causal holds every entry: the prefix (class, M) + the L - 1 tokens fed back
-    assert policies[0]["kv_entries_max"] == 2 + 64 - 1
-    assert len(report["claims"]) == 2 and all(isinstance(c["held"], bool) for c in report["claims"])
+    assert all(policies[0][kind]["entries_max"] == 2 + 64 - 1 for kind in ("heldout_kv", "free", "exact_k"))
+    # the held-out codes hold at most K = 36 distinct indices: MergeAR keeps prefix + unique + window at most
+    row = policies[1]["heldout_kv"]
+    assert row["unique_tokens_mean"] <= 36 and row["entries_max"] <= 2 + 36 + 8
+    assert len(report["claims"]) == 4 and all(isinstance(c["held"], bool) for c in report["claims"])
     # a re-run replaces its own output; --tokenizer reuses a trained tokenizer (kept outside --out)
     checkpoint = shutil.copy(report["numbers"]["tokenizer_checkpoint"], tmp_path / "tokenizer.ckpt")
     assert main(["experiment", "mergear_vs_causal", "--quick", "--out", str(out), "--threads", "1",
