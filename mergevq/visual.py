@@ -1,16 +1,20 @@
-"""Pictures for people: image grids written as PNG (demo, reconstructions, samples)."""
+"""Pictures for people: image grids written as PNG (demo, reconstructions, samples), rows named on a
+left label strip."""
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from einops import rearrange
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from mergevq.fileio import atomic_write
+from mergevq.metrics.recon import psnr_per_image
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -94,37 +98,104 @@ def merge_groups_picture(image: torch.Tensor, assign: torch.Tensor, grid: tuple[
     return out
 
 
-def _label_strip(labels: list[str], *, cell: int, pad: int, width: int, fill: int) -> np.ndarray:
-    from PIL import ImageDraw
+LABEL_MARGIN = 4  # pixels of background either side of a row label
 
+
+def _default_font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default()
+
+
+def fitted_label_width(labels: Sequence[str]) -> int:
+    """Width in pixels of a left strip that holds the longest of ``labels`` in PIL's default font."""
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    font = _default_font()
+    longest = max((draw.textlength(text, font=font) for text in labels), default=0.0)
+    return math.ceil(longest) + 2 * LABEL_MARGIN
+
+
+def _label_strip(labels: Sequence[str], *, cell: int, pad: int, width: int, fill: int) -> np.ndarray:
+    """A (len(labels)·(cell+pad)+pad, width, 3) strip with each label centred on its grid row."""
     strip = Image.new("RGB", (width, len(labels) * (cell + pad) + pad), (fill, fill, fill))
     draw = ImageDraw.Draw(strip)
+    font = _default_font()
     for i, text in enumerate(labels):
-        draw.text((4, pad + i * (cell + pad) + cell // 2 - 5), text, fill=(0, 0, 0))
+        top, bottom = draw.textbbox((0, 0), text, font=font)[1::2]
+        y = pad + i * (cell + pad) + (cell - (top + bottom)) // 2  # the ink, not the line box, centred
+        draw.text((LABEL_MARGIN, y), text, fill=(0, 0, 0), font=font)
     return np.asarray(strip)
 
 
+def labelled_rows(images: np.ndarray, labels: Sequence[str], *, ncol: int, scale: int = 1, pad: int = 2,
+                  fill: int = 255, label_width: int | None = None) -> np.ndarray:
+    """:func:`grid` of (N, H, W, 3) uint8 ``images`` with a left strip naming each row.
+
+    ``labels`` has one entry per grid row (ceil(N / ncol)); ``label_width`` default: wide enough
+    for the longest label (:func:`fitted_label_width`)."""
+    rows = max(1, -(-images.shape[0] // ncol))
+    if len(labels) != rows:
+        raise ValueError(f"{len(labels)} labels for {rows} rows of {ncol} images")
+    picture = grid(images, ncol=ncol, pad=pad, scale=scale, fill=fill)
+    width = fitted_label_width(labels) if label_width is None else label_width
+    strip = _label_strip(labels, cell=images.shape[1] * scale, pad=pad, width=width, fill=fill)
+    return np.concatenate([strip, picture], axis=1)
+
+
+def mean_psnr(originals: torch.Tensor, reconstructions: torch.Tensor) -> float:
+    """Mean over images of the per-image PSNR in dB (``10 log10(4 / MSE)`` in [-1, 1],
+    :func:`mergevq.metrics.recon.psnr_per_image`): the number on a reconstruction row."""
+    return float(psnr_per_image(originals, reconstructions).mean())
+
+
+def k_label(k: int, psnr: float | None = None) -> str:
+    """Row label of a K: ``"K=36"``, or with a PSNR ``"K=36, 22.6 dB"`` (the default font's 2 px space
+    alone would run K and the PSNR together)."""
+    return f"K={k}" if psnr is None else f"K={k}, {psnr:.1f} dB"
+
+
 def reconstruction_grid(originals: torch.Tensor, reconstructions_by_k: dict[int, torch.Tensor], *,
-                        scale: int = 4, pad: int = 2, labels: bool = True, label_width: int = 72,
-                        fill: int = 255) -> np.ndarray:
+                        scale: int = 4, pad: int = 2, labels: bool = True, psnr: bool = True,
+                        label_width: int | None = None, fill: int = 255) -> np.ndarray:
     """Originals and their reconstructions at several K, one row each: (rows·(H·scale+pad)+pad, ..., 3) uint8.
 
     ``originals`` (N, 3, H, W) and every value of ``reconstructions_by_k`` (N, 3, H, W), in [-1, 1].
-    Row 0: the originals; then one row per K, largest K first. With ``labels`` a ``label_width``
-    strip on the left names the rows ("original", "K=64", ...)."""
+    Row 0: the originals; then one row per K, largest K first. With ``labels`` a left strip names
+    the rows ("original", "K=64, 22.6 dB", ...: with ``psnr`` the row's :func:`mean_psnr`);
+    ``label_width`` default: fitted to the longest label."""
     n = originals.shape[0]
-    rows = [("original", originals)] + [(f"K={k}", reconstructions_by_k[k])
-                                        for k in sorted(reconstructions_by_k, reverse=True)]
-    for name, images in rows:
-        if tuple(images.shape) != tuple(originals.shape):
-            raise ValueError(f"{name}: shape {tuple(images.shape)} differs from the originals' {tuple(originals.shape)}")
-    tiles = np.concatenate([to_uint8(images) for _, images in rows])
-    picture = grid(tiles, ncol=n, pad=pad, scale=scale, fill=fill)
+    ks = sorted(reconstructions_by_k, reverse=True)
+    for k in ks:
+        if tuple(reconstructions_by_k[k].shape) != tuple(originals.shape):
+            raise ValueError(f"K={k}: shape {tuple(reconstructions_by_k[k].shape)} differs from the originals' "
+                             f"{tuple(originals.shape)}")
+    tiles = np.concatenate([to_uint8(originals)] + [to_uint8(reconstructions_by_k[k]) for k in ks])
     if not labels:
-        return picture
-    strip = _label_strip([name for name, _ in rows], cell=originals.shape[-2] * scale, pad=pad,
-                         width=label_width, fill=fill)
-    return np.concatenate([strip, picture], axis=1)
+        return grid(tiles, ncol=n, pad=pad, scale=scale, fill=fill)
+    names = ["original"] + [k_label(k, mean_psnr(originals, reconstructions_by_k[k]) if psnr else None)
+                            for k in ks]
+    return labelled_rows(tiles, names, ncol=n, scale=scale, pad=pad, fill=fill, label_width=label_width)
+
+
+def merge_groups_grid(originals: torch.Tensor, assigns_by_k: dict[int, torch.Tensor], token_grid: tuple[int, int],
+                      *, scale: int = 4, pad: int = 2, label_width: int | None = None, fill: int = 255) -> np.ndarray:
+    """One row per K (largest first, labelled "K=36"), each image as the pair original | merge groups.
+
+    ``originals`` (N, 3, H, W) in [-1, 1]; every value of ``assigns_by_k`` (N, L) is ``Encoded.assign``
+    at that K; ``token_grid`` = (h, w). Both tiles of a pair are enlarged ``scale`` times
+    (:func:`merge_groups_picture`), so a row is 2·N tiles wide."""
+    n = originals.shape[0]
+    ks = sorted(assigns_by_k, reverse=True)
+    for k in ks:
+        if assigns_by_k[k].shape[0] != n:
+            raise ValueError(f"K={k}: {assigns_by_k[k].shape[0]} assignments for {n} images")
+    plain = to_uint8(originals)
+    if scale > 1:
+        plain = plain.repeat(scale, axis=1).repeat(scale, axis=2)
+    tiles = []
+    for k in ks:
+        for i in range(n):
+            tiles += [plain[i], merge_groups_picture(originals[i], assigns_by_k[k][i], token_grid, scale=scale)]
+    return labelled_rows(np.stack(tiles), [k_label(k) for k in ks], ncol=2 * n, pad=pad, fill=fill,
+                         label_width=label_width)
 
 
 def picture_scale(size: int, *, target: int = 128) -> int:
@@ -134,26 +205,28 @@ def picture_scale(size: int, *, target: int = 128) -> int:
 
 
 @torch.no_grad()
-def tokenizer_pictures(tokenizer: torch.nn.Module, images: torch.Tensor, *, scale: int | None = None
-                       ) -> dict[str, np.ndarray]:
-    """The two pictures of a tokenizer on ``images`` (N, 3, H, W) in [-1, 1]:
+def tokenizer_pictures(tokenizer: torch.nn.Module, images: torch.Tensor, *, ks: Sequence[int] | None = None,
+                       group_images: int | None = None, scale: int | None = None) -> dict[str, np.ndarray]:
+    """The two pictures of a tokenizer on ``images`` (N, 3, H, W) in [-1, 1], one row per K of ``ks``
+    (default: K = L, the nominal K and the smallest K of the tokenizer's candidates; a K that
+    repeats another one is shown once):
 
-    ``reconstructions``: rows originals | K = L | nominal K | smallest K of the tokenizer's candidates
-    (:func:`reconstruction_grid`, a K that repeats another one is shown once);
-    ``merge_groups``: each image's merge groups at the nominal K (:func:`merge_groups_picture`), in
-    one row. ``scale`` default: :func:`picture_scale` of the image size."""
+    ``reconstructions``: the originals, then each K labelled with its PSNR (:func:`reconstruction_grid`);
+    ``merge_groups``: pairs original | merge groups of the first ``group_images`` images (default:
+    all) at each K (:func:`merge_groups_grid`). ``scale`` default: :func:`picture_scale` of the image size."""
     config = tokenizer.config
     scale = picture_scale(images.shape[-1]) if scale is None else scale
-    ks = [config.num_tokens, config.num_keep, min(config.k_candidates)]
+    ks = [config.num_tokens, config.num_keep, min(config.k_candidates)] if ks is None else ks
+    images = images.float()
     recs: dict[int, torch.Tensor] = {}
     assigns: dict[int, torch.Tensor] = {}
     for k in dict.fromkeys(ks):
         encoded = tokenizer.encode(images, k)
         recs[k] = tokenizer.decode_codes(encoded.codes, encoded.assign).float().clamp(-1, 1)
         assigns[k] = encoded.assign
-    groups = [merge_groups_picture(images[i], assigns[config.num_keep][i], config.grid, scale=scale)
-              for i in range(images.shape[0])]
+    shown = images.shape[0] if group_images is None else group_images
     return {
-        "reconstructions": reconstruction_grid(images.float(), recs, scale=scale),
-        "merge_groups": grid(np.stack(groups), ncol=len(groups)),
+        "reconstructions": reconstruction_grid(images, recs, scale=scale),
+        "merge_groups": merge_groups_grid(images[:shown], {k: a[:shown] for k, a in assigns.items()},
+                                          config.grid, scale=scale),
     }

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mergevq.cli import main
-from mergevq.visual import grid
+from mergevq.visual import fitted_label_width, grid
 
 
 @pytest.fixture(autouse=True)
@@ -76,9 +76,15 @@ def test_demo_short_run_writes_both_stages(tmp_path, capsys):
     assert len(metrics["not_measured"]) == 2
     table = (out / "k_sweep.md").read_text()
     assert all(f"| {k} |" in table for k in ks)
-    # reconstruction grid: a label strip, then 10 columns (one crop per photo) x (originals + 4 K rows)
+    # reconstruction grid: a label strip ("K=64, 12.3 dB"), then 10 columns (one crop per photo) x
+    # (originals + 4 K rows)
     width, height = Image.open(out / "reconstructions.png").size
-    assert height == 5 * (32 * 4 + 2) + 2 and width == 72 + 10 * (32 * 4 + 2) + 2
+    label = width - (10 * (32 * 4 + 2) + 2)
+    assert height == 5 * (32 * 4 + 2) + 2
+    assert fitted_label_width(["K=64, 0.0 dB"]) <= label <= fitted_label_width(["K=64, 100.0 dB"])
+    # merge groups: a row per K of the sweep, 6 crops as pairs original | groups, after a "K=64" strip
+    width, height = Image.open(out / "merge_groups.png").size
+    assert height == 4 * (32 * 4 + 2) + 2 and width == fitted_label_width(["K=64"]) + 12 * (32 * 4 + 2) + 2
 
     # Stage 2: codes of the 100 crops and their flips, a sample grid of one row per class
     ar = json.loads((out / "mergear_metrics.json").read_text())
@@ -87,8 +93,11 @@ def test_demo_short_run_writes_both_stages(tmp_path, capsys):
     assert sampling["samples"] == 20 and sampling["max_logit_diff"] <= 1e-4  # the caches agree on the same tokens
     compressed, full = sampling["compressed_cache"], sampling["full_cache"]
     assert compressed["peak_entries_max"] <= full["peak_entries_max"] == sampling["prefix"] + 64 - 1
+    # samples: one row per class, named on a strip that fits the longest class name
     width, height = Image.open(out / "samples.png").size
-    assert height == 10 * (32 * 3 + 2) + 2 and width == 2 * (32 * 3 + 2) + 2
+    assert height == 10 * (32 * 3 + 2) + 2
+    assert width == fitted_label_width(json.loads((out / "demo_data.json").read_text())["classes"]) \
+        + 2 * (32 * 3 + 2) + 2
 
     printed = capsys.readouterr().out
     for name in ("reconstructions.png", "merge_groups.png", "metrics.json", "k_sweep.md", "samples.png",

