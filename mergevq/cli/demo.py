@@ -6,16 +6,17 @@ epoch of each split through the DataLoaders, and writes a picture of the crops p
 (``demo_data.png``) and a JSON of what it measured (``demo_data.json``).
 
 Stage 1: trains the tiny tokenizer with that config through ``mergevq.training.run.train`` into
-``OUT/tokenizer_run/`` (about 3 minutes on 2 CPU cores), then evaluates the EMA weights on the
+``OUT/tokenizer_run/`` (about 5 minutes on 2 CPU cores), then evaluates the EMA weights on the
 held-out crops over a K sweep (L and every training K) with the code of ``mergevq evaluate-tokenizer``:
 per-image PSNR and SSIM, LPIPS-VGG and rFID (when ``mergevq prepare-weights`` has prepared the offline
 weights; otherwise the demo says so), codebook usage and entropy, images/s. Writes
-``reconstructions.png`` (originals, then one row per K), ``merge_groups.png`` (the merge groups at
-the nominal K, one colour per group), ``metrics.json`` and ``k_sweep.md``.
+``reconstructions.png`` (originals, then one row per K labelled with K and its mean PSNR),
+``merge_groups.png`` (one labelled row per K: each crop next to its merge groups, one colour per
+group), ``metrics.json`` and ``k_sweep.md``.
 
 Stage 2: extracts the codes of the demo training crops (and their flips) with that tokenizer into
 ``OUT/codes/``, trains a tiny MergeAR (``configs/demo/mergear.yaml``) into ``OUT/mergear_run/``, samples
-a grid per class with the compressed KV cache (``samples.png``, one row per class) and samples the
+a grid per class with the compressed KV cache (``samples.png``, one row per class, labelled with it) and samples the
 same seeds again with the full cache: ``mergear_metrics.json`` reports the KV entries held versus L and
 the tokens/s of both.
 

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
                      settings={"config": str(config), "overrides": list(loaded.overrides),
                                "tokenizer": args.tokenizer},
                      patterns=("*",), resumable=False)
-    context = ExperimentContext(out=out, command=" ".join(["mergevq", *map(shlex.quote, sys.argv[2:])])
+    context = ExperimentContext(out=out, command=" ".join(["mergevq", *map(shlex.quote, sys.argv[1:])])
                                 if sys.argv[1:2] == ["experiment"] else f"mergevq experiment {args.name}",
                                 tokenizer=Path(args.tokenizer) if args.tokenizer else None, quick=args.quick,
                                 log=print, started=time.perf_counter())
