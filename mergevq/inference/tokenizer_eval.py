@@ -10,7 +10,9 @@ assignment), clamped to [-1, 1]. Per K it reports
   and reused for every K;
 * PSNR and SSIM per image, then averaged over images; LPIPS (VGG by default) per image, averaged;
 * PSNR with the learned recovery (``decode(indices)``, the assignment predicted from the K codes)
-  when the tokenizer has one;
+  when the tokenizer has one, and that recovery's assignment accuracy: the fraction of the L
+  positions whose predicted kept token is the true one, per image, then the mean (1 at K = L, where
+  ``decode`` uses the identity assignment);
 * codebook usage (fraction of the 2^d codes used over the whole set, one bincount per batch), the
   entropy of the code distribution in bits and its perplexity;
 * the mean number of tokens actually kept: per image, the number of *distinct* codes among the K
@@ -66,7 +68,7 @@ __all__ = ["ImageTensorDataset", "KMetrics", "TokenizerEvaluation", "check_num_k
 SINGLE_PROCESS = DistContext(rank=0, world_size=1, local_rank=0)
 
 # columns of the per-image metric rows (one (n, len(_COLUMNS)) float32 tensor per K)
-_COLUMNS = ("psnr", "ssim", "lpips", "psnr_learned", "distinct_codes", "groups")
+_COLUMNS = ("psnr", "ssim", "lpips", "psnr_learned", "distinct_codes", "groups", "recovery_accuracy")
 
 
 class ImageTensorDataset(Dataset):
@@ -108,6 +110,9 @@ class KMetrics:
     psnr_official: float | None = None
     ssim_official: float | None = None
     rfid_official: float | None = None
+    # fraction of positions whose learned-recovery assignment is the true merge assignment (mean over
+    # images); None: the tokenizer has no learned recovery
+    recovery_accuracy: float | None = None
 
 
 @dataclass(frozen=True)
@@ -218,6 +223,15 @@ def _warm_up(model: MergeVQ, x: torch.Tensor, k: int, *, inception: nn.Module | 
         inception(rec)
 
 
+def _learned_assign(model: MergeVQ, indices: torch.Tensor) -> torch.Tensor:
+    """(B, K) indices -> (B, L) the assignment ``model.decode(indices)`` would use: the identity at
+    K = L (nothing was merged), else the learned recovery's prediction."""
+    if indices.shape[1] == model.num_tokens:
+        return torch.arange(model.num_tokens, device=indices.device).expand(indices.shape[0], -1)
+    codes = model.quantizer.indices_to_codes(indices, dtype=next(model.decoder.parameters()).dtype)
+    return model.predict_assign(codes)
+
+
 def _distinct_per_row(values: torch.Tensor) -> torch.Tensor:
     """(B, N) integers -> (B,) number of distinct values per row (sort, count changes)."""
     ordered = values.sort(dim=1).values
@@ -302,7 +316,8 @@ def evaluate_tokenizer(
             with autocast:
                 enc = model.encode(x, k)
                 rec = model.decode_codes(enc.codes, enc.assign)
-                rec_learned = model.decode(enc.indices) if learned else None
+                learned_assign = _learned_assign(model, enc.indices) if learned else None
+                rec_learned = model.decode(enc.indices, learned_assign) if learned else None
             if official is not None:
                 scored = official.prepare(rec)
                 acc[k].official_rows.append(official.image_rows(scored, x))
@@ -317,6 +332,7 @@ def evaluate_tokenizer(
                 psnr_per_image(rec_learned.float().clamp(-1, 1), x) if rec_learned is not None else nan,
                 _distinct_per_row(enc.indices).float(),
                 _distinct_per_row(enc.assign).float(),
+                (learned_assign == enc.assign).float().mean(dim=1) if learned_assign is not None else nan,
             ], dim=1)  # (B, len(_COLUMNS))
             acc[k].rows.append(row)
             if inception is not None:
@@ -378,6 +394,7 @@ def evaluate_tokenizer(
             code_perplexity=stats.perplexity,
             mean_tokens_kept=float(rows[:, 4].mean()),
             mean_merge_groups=float(rows[:, 5].mean()),
+            recovery_accuracy=float(rows[:, 6].mean()) if learned else None,
             seconds=seconds,
             images_per_s=num_images / max(seconds, 1e-9),
             **official_values.get(k, {}),
