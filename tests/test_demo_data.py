@@ -199,7 +199,7 @@ def test_shares_the_image_folder_vocabulary(tmp_path):
     unlabelled = DemoImages(split="validation", size=16, labels=False, **small)
     assert {int(unlabelled[i]["class_label"]) for i in range(len(unlabelled))} == {-1}
     assert int(DemoImages(split="validation", size=16, labels=True, **small)[1]["class_label"]) == 1
-    for key in ("views", "random_crop"):
+    for key in ("random_crop",):
         with pytest.raises(ValueError, match=f"{key}=true") as err:
             DemoImages(split="validation", size=16, **{key: True}, **small)
         assert "\n" not in str(err.value)

@@ -45,6 +45,7 @@ from torch.utils.data import Dataset
 from mergevq.fileio import atomic_write
 from mergevq.paths import cache_root
 from taming.data.base import UNLABELLED
+from taming.data.transforms import to_imagenet_normalised
 
 __all__ = [
     "DEMO_PHOTOS",
@@ -398,10 +399,17 @@ class DemoImages(Dataset):
     ``taming.data.folder.ImageFolder``: ``size`` the side of the square crops (the cached build is
     made at that size); ``flip`` mirrors an item horizontally with probability 1/2, drawn from the
     generator given to :meth:`get` (the global torch RNG through ``dataset[i]``); ``labels`` false
-    gives every item the label -1 (unlabelled), null / true the photo's class. ``views`` and
-    ``random_crop`` exist so that one task config fits every data set: the demo crops are cut once,
-    at build time, and have no teacher / student views, so only false is accepted.
-    ``resolution`` is the earlier name of ``size`` (give one of them).
+    gives every item the label -1 (unlabelled), null / true the photo's class. ``random_crop``
+    exists so that one task config fits every data set: the demo crops are cut once, at build time,
+    so only false is accepted. ``resolution`` is the earlier name of ``size`` (give one of them).
+
+    ``views`` (the global alignment loss) adds the two views the tokenizer's training step reads, in
+    the roles of ``taming.data.transforms.MultiView``'s: ``teacher_image``, the crop never flipped,
+    resized to ``view_size`` (PIL bicubic) and ImageNet-normalised (3, view_size, view_size);
+    ``student_image``, the crop in [-1, 1] at ``size`` with its own flip (p = 1/2, drawn after the
+    reconstruction view's). Unlike MultiView's 224 px strong view, the student view stays at ``size``:
+    the tokenizer's encoder only takes its own image size, and a random resized crop of a 32 px
+    crop would leave little to align.
     """
 
     def __init__(
@@ -421,13 +429,14 @@ class DemoImages(Dataset):
         views: bool = False,
         random_crop: bool = False,
         labels: bool | None = None,
+        view_size: int = 224,
     ) -> None:
         _split_index(split)  # validate before the (possibly slow) build
         if size is not None and resolution is not None and size != resolution:
             raise ValueError(f"size={size} and resolution={resolution} disagree: resolution is the earlier "
                              "name of size; give only size")
-        if views:
-            raise ValueError("views=true: the demo crops have no teacher / student views; set views: false")
+        if isinstance(view_size, bool) or not isinstance(view_size, int) or view_size < 1:
+            raise ValueError(f"view_size must be a positive number of pixels, got {view_size!r}")
         if random_crop:
             raise ValueError("random_crop=true: the demo crops are cut once when the set is built "
                              "(demo_data.seed chooses them); set random_crop: false")
@@ -441,6 +450,8 @@ class DemoImages(Dataset):
         self.size = side
         self.resolution = side
         self.flip = flip
+        self.views = views
+        self.view_size = view_size
         self.images = arrays.images  # uint8 (N, H, W, 3)
         self.labels = arrays.labels  # int64 (N,)
         self.unlabelled = labels is False
@@ -456,12 +467,20 @@ class DemoImages(Dataset):
 
     def get(self, index: int, *, generator: torch.Generator | None = None) -> dict[str, object]:
         """Item ``index``; the flip draws from ``generator`` (the global torch RNG when None)."""
-        image = torch.from_numpy(self.images[index]).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
-        image = image.to(torch.float32) / 127.5 - 1.0
-        if self.flip and bool(torch.rand((), generator=generator) < 0.5):
-            image = image.flip(-1)
-        return {
+        crop = torch.from_numpy(self.images[index]).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+        crop = crop.to(torch.float32) / 127.5 - 1.0
+        image = crop.flip(-1) if self.flip and bool(torch.rand((), generator=generator) < 0.5) else crop
+        item: dict[str, object] = {
             "image": image,
             "class_label": torch.tensor(UNLABELLED if self.unlabelled else int(self.labels[index]), dtype=torch.int64),
             "index": int(index),
         }
+        if self.views:
+            item.update(self._views(index, crop, generator))
+        return item
+
+    def _views(self, index: int, crop: torch.Tensor, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        side = self.view_size
+        teacher = Image.fromarray(self.images[index]).resize((side, side), Image.Resampling.BICUBIC)
+        student = crop.flip(-1) if bool(torch.rand((), generator=generator) < 0.5) else crop
+        return {"teacher_image": to_imagenet_normalised(teacher), "student_image": student}

@@ -1,5 +1,9 @@
 """Global alignment (DESIGN §4 step 7): the student's [CLS] head and the frozen DINOv2 teacher.
 
+An offline stand-in teacher shares the interface: ``source="lpips-vgg16"``, the ImageNet VGG-16 of
+the LPIPS weights that ``mergevq prepare-weights`` converts (:mod:`mergevq.tokenizer.vgg_teacher`;
+pooled feature = the global average of relu5_3, 512-d).
+
 The student encoder's [CLS] output goes through :class:`ClsHead` to the teacher's width (768 for
 DINOv2 ViT-B/14); the frozen :class:`Teacher` sees the weak 224 px view and gives the pooled feature
 the student is aligned to. The alignment loss itself (T²·KL with T = 4) lives with the other losses.
@@ -32,7 +36,8 @@ from torch import Tensor, nn
 from mergevq.errors import ConfigError, WeightsError
 from taming.modules.frozen import FrozenHolder
 
-TEACHER_SOURCES = ("transformers", "timm")
+LPIPS_VGG16 = "lpips-vgg16"
+TEACHER_SOURCES = ("transformers", "timm", LPIPS_VGG16)
 DEFAULT_TEACHER_DIM = 768  # DINOv2 ViT-B/14
 
 
@@ -98,7 +103,8 @@ class Teacher(FrozenHolder):
         model: the network, already holding its weights: a transformers ``Dinov2Model`` (``source=
             "transformers"``) or a timm ``VisionTransformer`` (``source="timm"``). It is frozen here
             (``requires_grad_(False)``, eval mode) and kept in eval mode whatever ``train()`` is called.
-        source: ``"transformers"`` or ``"timm"``; selects how the pooled feature is read.
+        source: ``"transformers"``, ``"timm"`` or ``"lpips-vgg16"`` (a
+            :class:`~mergevq.tokenizer.vgg_teacher.VGG16Pooled`); selects how the pooled feature is read.
 
     The input is the weak 224 px view as the data pipeline gives it (ImageNet mean/std normalised).
     ``forward`` runs under ``torch.no_grad()`` (not ``inference_mode``: its output is the target of a
@@ -122,6 +128,8 @@ class Teacher(FrozenHolder):
         if source == "transformers":
             config = getattr(model, "config", None)
             dim = getattr(config, "hidden_size", None)
+        elif source == LPIPS_VGG16:
+            dim = getattr(model, "num_features", None)
         else:
             dim = getattr(model, "num_features", None) or getattr(model, "embed_dim", None)
         if not isinstance(dim, int):
@@ -146,6 +154,8 @@ class Teacher(FrozenHolder):
         with torch.no_grad():
             if self.source == "transformers":
                 return model(pixel_values=x).pooler_output  # (B, dim) = layernorm(h_L)[:, 0]
+            if self.source == LPIPS_VGG16:
+                return model(x)  # (B, 512): relu5_3 averaged over space
             return model.forward_features(x)[:, 0]  # (B, 1 + R + N, dim) -> (B, dim); norm applied
 
     # ----------------------------------------------------------------------------------------------
@@ -226,14 +236,34 @@ class Teacher(FrozenHolder):
             ) from None
         return cls(model=model, source="timm")
 
+    @classmethod
+    def from_lpips_vgg16(cls, weights_dir: str | os.PathLike | None = None, *, random_init: bool = False) -> Teacher:
+        """The VGG-16 of the LPIPS weights prepared by ``mergevq prepare-weights`` in ``weights_dir``
+        (None: its default folder), loaded strictly; ``random_init``: a seeded random stand-in."""
+        from mergevq.tokenizer.vgg_teacher import load_lpips_vgg16
 
-def build_teacher(*, source: str, path: str, model_name: str | None = None, img_size: int = 224) -> Teacher:
+        return cls(model=load_lpips_vgg16(weights_dir=weights_dir, random_init=random_init), source=LPIPS_VGG16)
+
+
+def build_teacher(*, source: str, path: str | None = None, model_name: str | None = None, img_size: int = 224,
+                  random_init: bool = False) -> Teacher:
     """Config entry point (``target: mergevq.tokenizer.alignment.build_teacher``).
 
     ``source="transformers"``: ``path`` is a local Dinov2Model folder; ``model_name`` must be unset.
     ``source="timm"``: ``path`` is a local state-dict file and ``model_name`` the timm architecture
     (e.g. ``vit_base_patch14_dinov2``); ``img_size`` is the input size (the weak view, 224).
+    ``source="lpips-vgg16"``: ``path`` is the folder ``mergevq prepare-weights`` wrote (null: its
+    default); ``random_init: true`` builds a random stand-in instead (tests, no file read). It takes
+    any input size (the data's ``view_size``), so ``img_size`` is not used.
     """
+    if random_init and source != LPIPS_VGG16:
+        raise ConfigError(f"teacher random_init is only for source {LPIPS_VGG16} (a DINOv2 teacher must be loaded)")
+    if source == LPIPS_VGG16:
+        if model_name is not None:
+            raise ConfigError(f"teacher model_name is only used with source: timm, not {LPIPS_VGG16}")
+        return Teacher.from_lpips_vgg16(path, random_init=random_init)
+    if not path:
+        raise ConfigError(f"teacher source {source} needs path (a local DINOv2 folder or file)")
     if source == "transformers":
         if model_name is not None:
             raise ConfigError("teacher model_name is only used with source: timm (transformers reads config.json)")
@@ -245,4 +275,4 @@ def build_teacher(*, source: str, path: str, model_name: str | None = None, img_
     raise ConfigError(f"unknown teacher source {source!r}; choose one of {', '.join(TEACHER_SOURCES)}")
 
 
-__all__ = ["CLS_HEADS", "DEFAULT_TEACHER_DIM", "TEACHER_SOURCES", "ClsHead", "Teacher", "build_teacher"]
+__all__ = ["CLS_HEADS", "DEFAULT_TEACHER_DIM", "LPIPS_VGG16", "TEACHER_SOURCES", "ClsHead", "Teacher", "build_teacher"]
