@@ -302,7 +302,7 @@ def _report(settings: Settings, context: ExperimentContext, results: list[RunRes
         f"{settings.teacher_size} px (bicubic) and ImageNet-normalised; the student's [CLS] sees the crop with its "
         "own flip; loss T^2 KL with T = 4 at the family's align weight",
         "no align: the same overrides, data pipeline, seed and [CLS] head width, teacher null (the head then "
-        "stays untrained, so its [CLS] token is trained by nothing)",
+        "stays untrained and no loss reads the [CLS] output: the mean feature is the fair comparison)",
         f"PSNR / SSIM / rFID: EMA weights, the {num_heldout} held-out crops at the nominal K; rFID of "
         f"{num_heldout} 32 px crops is a coarse figure: compare the runs with each other only",
         f"linear probe: logistic regression (C = {settings.probe_c}, standardised features) on the frozen "
