@@ -13,16 +13,9 @@ from mergevq.errors import ConfigError, WeightsError
 from mergevq.tokenizer.alignment import ClsHead, Teacher, build_teacher
 from mergevq.tokenizer.init import BLOCK_KEYS, _convert_transformers
 
+from _teacher_parent import Parent
+
 WIDTH, DEPTH, HEADS, PATCH, NATIVE = 32, 2, 4, 14, 56
-
-
-class Parent(nn.Module):
-    """What MergeVQ does: hold a head (saved) and a teacher (never saved)."""
-
-    def __init__(self, teacher: Teacher) -> None:
-        super().__init__()
-        self.head = ClsHead(in_dim=8, out_dim=teacher.dim)
-        self.teacher = teacher
 
 
 @pytest.fixture(scope="module")

@@ -12,19 +12,13 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from mergevq.cli import main
 from mergevq.errors import ConfigError, WeightsError
-from mergevq.tokenizer.alignment import LPIPS_VGG16, ClsHead, Teacher, build_teacher
+from mergevq.tokenizer.alignment import LPIPS_VGG16, Teacher, build_teacher
 from mergevq.tokenizer.vgg_teacher import FEATURE_DIM, VGG16Pooled
 
-
-class Parent(nn.Module):
-    def __init__(self, teacher: Teacher) -> None:
-        super().__init__()
-        self.head = ClsHead(in_dim=8, out_dim=teacher.dim)
-        self.teacher = teacher
+from _teacher_parent import Parent
 
 
 @pytest.fixture(scope="module")
